@@ -1,0 +1,28 @@
+// Every pathgen operator schema, in one place. Kernels register their backends with
+// TORCH_LIBRARY_IMPL(pathgen, CPU|CUDA, m) at the bottom of csrc/<op>/<op>_{cpu.cpp,cuda.cu}.
+// Python faces, fake (meta) kernels and autograd live in pathgen/ops/<op>.py.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// `import pathgen._C` loads this shared library, which runs the static registrations
+// below; the module itself is empty (no pybind11, stable/limited Python API only).
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(pathgen, m) {
+  // ---- denoise_step: one fused DDPM/DDIM reverse step over [B, G] --------------------
+  // mode: "ddpm" | "ddim"; prediction: "epsilon" | "sample" | "v_prediction".
+  // t, t_prev: int64 [B] (t_prev = -1: final step, alpha_prev = 1).
+  m.def(
+      "denoise_step(Tensor x_t, Tensor model_output, Tensor t, Tensor t_prev, Tensor alphas_cumprod, "
+      "str sampler, float eta, str prediction, Tensor? noise, float? clip_min, float? clip_max, "
+      "float? guidance_scale, Tensor? model_output_uncond) -> Tensor");
+  m.def(
+      "denoise_step_out(Tensor x_t, Tensor model_output, Tensor t, Tensor t_prev, Tensor alphas_cumprod, "
+      "str sampler, float eta, str prediction, Tensor? noise, float? clip_min, float? clip_max, "
+      "float? guidance_scale, Tensor? model_output_uncond, Tensor(a!) out) -> ()");
+}

@@ -1,0 +1,10 @@
+"""Fused kernels behind typed Python faces; each has a pure-PyTorch twin in ``reference``.
+
+If ``pathgen._C`` is missing or was built for another torch, every op falls back to its twin
+(one warning at import, see ``pathgen._extension``).
+"""
+from pathgen._extension import HAS_OPS, has_kernel
+from pathgen.ops import reference
+from pathgen.ops.denoise_step import denoise_step
+
+__all__ = ["HAS_OPS", "has_kernel", "reference", "denoise_step"]

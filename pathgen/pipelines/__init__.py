@@ -1,0 +1,1 @@
+"""Staged jobs (patch, embed, train, synthesize, evaluate, demo), each behind a subcommand."""
