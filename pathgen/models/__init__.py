@@ -1,0 +1,1 @@
+"""Models: the PathGen generator, the multimodal predictor and their losses (``losses``)."""
