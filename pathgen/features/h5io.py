@@ -1,0 +1,209 @@
+"""CLAM/TRIDENT-compatible HDF5 bags: ``coords`` [N, 2] int64 (level-0 x, y) and ``features`` [N, D] float32.
+
+``coords.attrs`` carries both tools' patching metadata so either loader reads our files:
+
+* CLAM (``Whole_Slide_Bag_FP``): ``patch_size`` (side read at ``patch_level``), ``patch_level``,
+  ``downsample`` ([dx, dy] of that level), ``level_dim`` and ``downsampled_level_dim`` ([w, h] of
+  that level), ``name``;
+* TRIDENT (``read_coords``): ``patch_size_level0``, ``level0_magnification``,
+  ``target_magnification``, ``overlap``, ``level0_width``, ``level0_height``, ``name``;
+* ours: ``target_patch_size`` (output side), ``mpp``, ``target_mpp``, ``effective_mpp``, ``backend``.
+
+Both tools name an attribute ``patch_size`` but mean different things (CLAM: pixels read at
+``patch_level``; TRIDENT: pixels at the target magnification). We write CLAM's meaning, because
+CLAM re-reads regions with it; the two agree whenever no residual resize is needed, and
+``target_patch_size`` and ``patch_size_level0`` are always unambiguous.
+
+``features.attrs``: ``encoder``, ``out_dim``, ``name`` and ``config`` (JSON: input size,
+normalisation, weights path and SHA-256, pathgen version). Every file is written atomically.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from pathgen.utils.io import atomic_path
+
+
+def coords_attrs(slide_id: str, reader_info: dict, plan) -> dict:
+    """The union of CLAM and TRIDENT ``coords`` attributes for one slide and patch plan.
+
+    Args:
+        slide_id: file name without extension.
+        reader_info: ``SlideReader.info()`` (dimensions, level dimensions, MPP, objective power).
+        plan: the ``PatchPlan`` used.
+    """
+    from pathgen import __version__
+    from pathgen.slides.grid import magnification_from_mpp
+
+    w0, h0 = reader_info["dimensions"]
+    lw, lh = reader_info["level_dimensions"][plan.level]
+    objective = reader_info.get("objective_power")
+    level0_mag = float(objective) if objective else round(magnification_from_mpp(plan.mpp), 2)
+    return {
+        # CLAM
+        "patch_size": np.int64(plan.read_size),
+        "patch_level": np.int64(plan.level),
+        "downsample": np.array([w0 / lw, h0 / lh], dtype=np.float64),
+        "level_dim": np.array([lw, lh], dtype=np.int64),
+        "downsampled_level_dim": np.array([lw, lh], dtype=np.int64),
+        "name": slide_id,
+        # TRIDENT
+        "patch_size_level0": np.int64(plan.patch_size_level0),
+        "level0_magnification": np.float64(level0_mag),
+        "target_magnification": np.float64(round(magnification_from_mpp(plan.target_mpp), 4)),
+        "overlap": np.int64(plan.overlap),
+        "level0_width": np.int64(w0),
+        "level0_height": np.int64(h0),
+        # pathgen
+        "target_patch_size": np.int64(plan.patch_size),
+        "mpp": np.float64(plan.mpp),
+        "target_mpp": np.float64(plan.target_mpp),
+        "effective_mpp": np.float64(plan.effective_mpp),
+        "backend": str(reader_info.get("backend", "")),
+        "pathgen_version": __version__,
+    }
+
+
+def geometry_from_attrs(attrs: dict, reader_info: dict, slide_id: str,
+                        path: str | os.PathLike = "coords") -> tuple[int, int, int, dict]:
+    """How to re-read the patches of a coords file written by pathgen, CLAM or TRIDENT.
+
+    Args:
+        attrs: the ``coords`` attributes.
+        reader_info: ``SlideReader.info()`` of the slide.
+        slide_id: for the ``name`` attribute.
+        path: the coords file, for error messages.
+
+    Returns:
+        ``(level, read_size, patch_size, attrs)``: read ``read_size`` px squares at ``level``, resize
+        to ``patch_size``; ``attrs`` completed with whatever CLAM/TRIDENT attributes were missing.
+
+    Raises:
+        SlideError: the attributes say neither level nor level-0 size, or name a level the slide lacks.
+    """
+    from pathgen.slides.errors import SlideError
+    from pathgen.slides.grid import magnification_from_mpp
+
+    a = dict(attrs)
+    w0, h0 = reader_info["dimensions"]
+    if "patch_level" in a:  # pathgen or CLAM: patch_size is read at patch_level
+        level, read = int(a["patch_level"]), int(a["patch_size"])
+        out = int(a.get("target_patch_size", read))
+    elif "patch_size_level0" in a:  # TRIDENT: patch_size is at the target magnification, read from level 0
+        level, read, out = 0, int(a["patch_size_level0"]), int(a["patch_size"])
+    else:
+        raise SlideError(path, "coords attributes have neither patch_level (CLAM) nor patch_size_level0 (TRIDENT)",
+                         "re-create the coordinates with pathgen patch, CLAM or TRIDENT")
+    if not 0 <= level < len(reader_info["level_dimensions"]):
+        raise SlideError(path, f"coords use pyramid level {level} but the slide has "
+                               f"{len(reader_info['level_dimensions'])}", "patch this slide again with pathgen patch")
+    lw, lh = reader_info["level_dimensions"][level]
+    size0 = int(a.get("patch_size_level0", round(read * reader_info["level_downsamples"][level])))
+    a.update(patch_level=np.int64(level), patch_size=np.int64(read), target_patch_size=np.int64(out), name=slide_id)
+    a.setdefault("downsample", np.array([w0 / lw, h0 / lh]))
+    a.setdefault("level_dim", np.array([lw, lh], dtype=np.int64))
+    a.setdefault("downsampled_level_dim", np.array([lw, lh], dtype=np.int64))
+    a.setdefault("patch_size_level0", np.int64(size0))
+    a.setdefault("level0_width", np.int64(w0))
+    a.setdefault("level0_height", np.int64(h0))
+    a.setdefault("overlap", np.int64(0))
+    mag0 = a.get("level0_magnification") or reader_info.get("objective_power")
+    if not mag0 and reader_info.get("mpp"):
+        mag0 = round(magnification_from_mpp(reader_info["mpp"]), 2)
+    if mag0:
+        a.setdefault("level0_magnification", np.float64(mag0))
+        a.setdefault("target_magnification", np.float64(round(float(mag0) * out / size0, 4)))
+    return level, read, out, a
+
+
+def _write_coords(f, coords: np.ndarray, attrs: dict) -> None:
+    coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
+    ds = f.create_dataset("coords", data=coords)
+    for k, v in attrs.items():
+        ds.attrs[k] = v
+
+
+def write_patches_h5(path: str | os.PathLike, coords: np.ndarray,  # [N, 2] int64
+                     attrs: dict, tissue_fraction: np.ndarray | None = None) -> None:  # [N] float32
+    """Write ``patches/<slide_id>.h5`` (CLAM layout: ``coords`` + attrs; plus ``tissue_fraction``)."""
+    import h5py
+
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            _write_coords(f, coords, attrs)
+            if tissue_fraction is not None:
+                f.create_dataset("tissue_fraction", data=np.asarray(tissue_fraction, dtype=np.float32))
+
+
+def write_features_h5(path: str | os.PathLike, features: np.ndarray,  # [N, D] float32
+                      coords: np.ndarray,  # [N, 2] int64
+                      attrs: dict, encoder_config: dict) -> None:
+    """Write ``features/<slide_id>.h5`` with ``features``, ``coords`` and both tools' attributes."""
+    import h5py
+
+    from pathgen import __version__
+
+    features = np.asarray(features, dtype=np.float32)
+    if features.ndim != 2 or len(features) != len(coords):
+        raise ValueError(f"{path}: features {features.shape} do not match coords {np.shape(coords)}")
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            ds = f.create_dataset("features", data=features)
+            ds.attrs["encoder"] = str(encoder_config.get("encoder", ""))
+            ds.attrs["out_dim"] = np.int64(features.shape[1])
+            ds.attrs["name"] = str(attrs.get("name", ""))
+            ds.attrs["config"] = json.dumps({**encoder_config, "pathgen_version": __version__}, sort_keys=True)
+            _write_coords(f, coords, attrs)
+
+
+def read_coords_h5(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
+    """``coords`` [N, 2] int64 and their attrs from a CLAM, TRIDENT or pathgen h5."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        if "coords" not in f:
+            raise ValueError(f"{path}: no 'coords' dataset; fix: point to a patches h5 written by pathgen patch, "
+                             "CLAM or TRIDENT")
+        ds = f["coords"]
+        return np.asarray(ds[:], dtype=np.int64), {k: _plain(v) for k, v in ds.attrs.items()}
+
+
+def read_features_h5(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict]:
+    """``features`` [N, D] float32, ``coords`` [N, 2] int64 and the ``features`` attrs (``config`` parsed)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        feats = np.asarray(f["features"][:], dtype=np.float32)
+        coords = np.asarray(f["coords"][:], dtype=np.int64)
+        attrs = {k: _plain(v) for k, v in f["features"].attrs.items()}
+    if "config" in attrs:
+        attrs["config"] = json.loads(attrs["config"])
+    return feats, coords, attrs
+
+
+def h5_is_readable(path: str | os.PathLike, datasets: tuple[str, ...]) -> bool:
+    """True when ``path`` opens and holds ``datasets`` with matching first dimensions."""
+    import h5py
+
+    if not Path(path).is_file():
+        return False
+    try:
+        with h5py.File(path, "r") as f:
+            lens = {len(f[d]) for d in datasets}
+            return len(lens) == 1
+    except Exception:  # noqa: BLE001 - any failure to read means "not finished"
+        return False
+
+
+def _plain(v):
+    if isinstance(v, bytes):
+        return v.decode()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    return v

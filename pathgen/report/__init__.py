@@ -1,0 +1,3 @@
+"""Figures and the run report: co-attention heatmaps on slide thumbnails (``heatmaps``), per-patch
+predictor maps (``distributed``), attention files (``attention``) and the self-contained HTML report
+(``html``)."""

@@ -1,0 +1,79 @@
+"""HDF5 bags: read unchanged by CLAM-style loaders, carry CLAM + TRIDENT attrs, written atomically."""
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from pathgen.features.h5io import (coords_attrs, h5_is_readable, read_coords_h5, read_features_h5, write_features_h5,
+                                   write_patches_h5)
+from pathgen.slides.grid import plan_patches
+
+CLAM_ATTRS = ("patch_size", "patch_level", "downsample", "level_dim", "downsampled_level_dim", "name")
+TRIDENT_ATTRS = ("patch_size", "patch_size_level0", "level0_magnification", "target_magnification", "overlap",
+                 "level0_width", "level0_height", "name")
+
+
+def _info():  # a 40x slide, 8000x6000, levels 1/4/16
+    return {"dimensions": [8000, 6000], "level_dimensions": [[8000, 6000], [2000, 1500], [500, 375]],
+            "objective_power": 40.0, "backend": "tifffile"}
+
+
+def test_coords_attrs_union_of_clam_and_trident():
+    plan = plan_patches((1.0, 4.0, 16.0), 0.25, target_mpp=0.5, patch_size=256)
+    a = coords_attrs("slide-1", _info(), plan)
+    assert set(CLAM_ATTRS) <= set(a) and set(TRIDENT_ATTRS) <= set(a)
+    assert a["patch_level"] == 0 and a["patch_size"] == 512  # CLAM: side read at patch_level
+    assert a["target_patch_size"] == 256 and a["patch_size_level0"] == 512
+    assert a["level0_magnification"] == 40 and a["target_magnification"] == 20
+    assert list(a["level_dim"]) == [8000, 6000] and list(a["downsample"]) == [1.0, 1.0]
+    plan = plan_patches((1.0, 4.0, 16.0), 0.25, target_mpp=1.0, patch_size=256)
+    a = coords_attrs("slide-1", _info(), plan)
+    assert (a["patch_level"], a["patch_size"], a["patch_size_level0"]) == (1, 256, 1024)
+    assert list(a["downsample"]) == [4.0, 4.0] and list(a["level_dim"]) == [2000, 1500]
+    assert a["target_magnification"] == 10
+
+
+def test_features_h5_reads_the_clam_way(tmp_path):
+    plan = plan_patches((1.0, 4.0, 16.0), 0.25, target_mpp=0.5, patch_size=256)
+    coords = np.array([[0, 0], [512, 0], [1024, 512]], dtype=np.int64)
+    feats = np.random.default_rng(0).normal(size=(3, 42)).astype(np.float32)
+    p = tmp_path / "features" / "slide-1.h5"
+    write_features_h5(p, feats, coords, coords_attrs("slide-1", _info(), plan), {"encoder": "stain-stats", "x": 1})
+    # exactly how CLAM / MCAT-style loaders read a bag
+    with h5py.File(p, "r") as f:
+        features = torch.from_numpy(f["features"][:])
+        coords_read = f["coords"][:]
+        attrs = dict(f["coords"].attrs)
+        fattrs = dict(f["features"].attrs)
+    assert features.dtype == torch.float32 and features.shape == (3, 42)
+    np.testing.assert_array_equal(features.numpy(), feats)
+    assert coords_read.dtype == np.int64 and coords_read.shape == (3, 2)
+    np.testing.assert_array_equal(coords_read, coords)
+    assert set(CLAM_ATTRS) <= set(attrs) and set(TRIDENT_ATTRS) <= set(attrs)
+    assert fattrs["encoder"] == "stain-stats" and json.loads(fattrs["config"])["x"] == 1
+    f2, c2, a2 = read_features_h5(p)
+    np.testing.assert_array_equal(f2, feats)
+    assert a2["config"]["encoder"] == "stain-stats" and a2["config"]["pathgen_version"]
+    assert h5_is_readable(p, ("features", "coords"))
+    assert not list(p.parent.glob(".*"))  # no temp file left
+
+
+def test_patches_h5_layout_and_failed_write_leaves_nothing(tmp_path):
+    plan = plan_patches((1.0,), 0.5, target_mpp=0.5, patch_size=256)
+    a = coords_attrs("s", {"dimensions": [1000, 800], "level_dimensions": [[1000, 800]], "backend": "x"}, plan)
+    p = tmp_path / "patches" / "s.h5"
+    write_patches_h5(p, np.array([[0, 0], [256, 0]]), a, np.array([0.9, 0.5]))
+    coords, attrs = read_coords_h5(p)
+    assert coords.tolist() == [[0, 0], [256, 0]] and attrs["patch_level"] == 0 and attrs["name"] == "s"
+    assert attrs["level0_magnification"] == 20  # no objective power: from the MPP
+    bad = tmp_path / "features" / "t.h5"
+    with pytest.raises(ValueError, match="do not match"):
+        write_features_h5(bad, np.zeros((3, 4)), np.zeros((2, 2)), a, {"encoder": "e"})
+    assert not bad.exists() and not list(bad.parent.glob("*"))
+    assert not h5_is_readable(bad, ("features",))
+    (tmp_path / "junk.h5").write_bytes(b"\x89HDF\r\n" + b"\0" * 20)  # a cut-off file is not "done"
+    assert not h5_is_readable(tmp_path / "junk.h5", ("features",))
