@@ -12,10 +12,24 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("pathgen.info", "versions, compiled kernels (CPU/CUDA), threads, GPU and slide backends"),
     "demo": ("pathgen.pipelines.demo", "the main job: run the demo end to end"),
+    "patch": ("pathgen.pipelines.patch", "segment tissue and write patch coordinates at a target µm/px"),
+    "embed": ("pathgen.pipelines.embed", "embed patches into CLAM/TRIDENT-compatible HDF5 feature bags"),
+    "families": ("pathgen.pipelines.families", "gene-family match report (signature genes found in a table)"),
+    "make-demo-cohort": ("pathgen.pipelines.make_demo_cohort", "real TCGA expression + slides that encode it"),
+    "train-generator": ("pathgen.pipelines.train_generator", "train the PathGen generator on one fold"),
+    "synthesize": ("pathgen.pipelines.synthesize", "synthesize expression from patch bags"),
+    "evaluate-generator": ("pathgen.pipelines.evaluate_generator", "fidelity of synthesized expression vs baselines"),
+    "heatmap": ("pathgen.pipelines.heatmap", "co-attention heatmaps, top-k patch montages, distributed risk/grade maps"),
+    "report": ("pathgen.pipelines.report", "one self-contained HTML report of a run folder"),
+    "train-predictor": ("pathgen.pipelines.train_predictor", "k-fold CV of a grade + survival predictor"),
+    "evaluate": ("pathgen.pipelines.evaluate_predictor", "slide-only vs slide+real vs slide+synth, with statistics"),
+    "bench": ("pathgen.bench.cli", "performance benchmarks: save a baseline, compare against it, speedup report"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The full parser. Only ``command``'s module is imported (all of them when None), so
+    ``pathgen patch`` does not pay for importing the models, and ``pathgen --help`` is instant."""
     parser = argparse.ArgumentParser(prog="pathgen", description=__doc__.splitlines()[0])
     from pathgen import __version__
 
@@ -23,14 +37,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
+        if command is not None and name != command:
+            continue
         mod = importlib.import_module(module)
         mod.add_arguments(p)
         p.set_defaults(_main=mod.main)
     return parser
 
 
+def _command_of(argv: list[str]) -> str | None:
+    for tok in argv:
+        if not tok.startswith("-"):
+            return tok if tok in COMMANDS else None
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = _command_of(argv)
+    parser = build_parser(command) if command else build_parser("")
     args = parser.parse_args(argv)
     if not getattr(args, "_main", None):
         parser.print_help()
