@@ -25,4 +25,18 @@ TORCH_LIBRARY(pathgen, m) {
       "denoise_step_out(Tensor x_t, Tensor model_output, Tensor t, Tensor t_prev, Tensor alphas_cumprod, "
       "str sampler, float eta, str prediction, Tensor? noise, float? clip_min, float? clip_max, "
       "float? guidance_scale, Tensor? model_output_uncond, Tensor(a!) out) -> ()");
+
+  // ---- coattention: few queries per slide over its packed bag of keys (split-KV) ------
+  // q [B, M, H, D]; k [total_n, Hkv, D]; v [total_n, Hkv, Dv]; cu_seqlens int32 [B + 1].
+  // Returns out [B, M, H, Dv], lse [B, M, H] (fp32; fp64 for fp64 inputs) and probs
+  // [total_n, H, M] (same dtype as lse; [0, H, M] unless return_probs). max_seqlen <= 0: unknown.
+  m.def(
+      "coattention(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens, int max_seqlen, float scale, "
+      "bool return_probs) -> (Tensor, Tensor, Tensor)");
+  // Gradients for (q, k, v) as asked by output_mask (an empty tensor for each one not asked);
+  // probs is the forward's probs, needed only with grad_probs.
+  m.def(
+      "_coattention_backward(Tensor? grad_out, Tensor? grad_lse, Tensor? grad_probs, Tensor q, Tensor k, "
+      "Tensor v, Tensor cu_seqlens, Tensor out, Tensor lse, Tensor? probs, int max_seqlen, float scale, "
+      "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
 }

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["denoise_step_ref"]
+__all__ = ["denoise_step_ref", "coattention_ref"]
 
 
 def _expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -104,3 +104,48 @@ def denoise_step_ref(
         out.copy_(result)
         return out
     return result
+
+
+def coattention_ref(
+    q: torch.Tensor,  # [B, M, H, D]
+    k: torch.Tensor,  # [total_n, Hkv, D]
+    v: torch.Tensor,  # [total_n, Hkv, Dv]
+    cu_seqlens: torch.Tensor,  # int32 [B + 1]
+    max_seqlen: int | None = None,
+    *,
+    scale: float | None = None,
+    return_probs: bool = False,
+) -> tuple[torch.Tensor, ...]:
+    """Co-attention of every slide's queries over its packed bag, one slide at a time.
+
+    Same contract as ``pathgen.ops.coattention``: math in float32 (float64 for float64 inputs),
+    ``out`` in q.dtype, ``lse``/``probs`` in the math dtype, empty bag -> out 0, lse -inf.
+    Differentiable with plain autograd.
+    """
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    B, M, H, D = q.shape
+    Hkv = k.shape[1]
+    G = H // Hkv  # query heads per KV head
+    scale = D**-0.5 if scale is None else float(scale)
+    bounds = cu_seqlens.tolist()
+    outs, lses, probs = [], [], []
+    for b in range(B):
+        start, end = bounds[b], bounds[b + 1]
+        # 0. query head h reads KV head h // G (grouped-query sharing)
+        kb = k[start:end].to(acc).repeat_interleave(G, dim=1)  # [n, H, D]
+        vb = v[start:end].to(acc).repeat_interleave(G, dim=1)  # [n, H, Dv]
+        # 1. scaled scores s[h, m, j] = scale <q[b, m, h], k[j, h]>
+        scores = torch.einsum("mhd,nhd->hmn", q[b].to(acc), kb) * scale  # [H, M, n]
+        # 2. log-sum-exp (-inf for an empty bag) and probabilities p = exp(s - lse)
+        lse = torch.logsumexp(scores, dim=-1)  # [H, M]
+        p = torch.softmax(scores, dim=-1) if end > start else scores  # [H, M, n]
+        # 3. output o = sum_j p_j v_j (zeros for an empty bag)
+        outs.append(torch.einsum("hmn,nhd->mhd", p, vb))  # [M, H, Dv]
+        lses.append(lse.transpose(0, 1))  # [M, H]
+        probs.append(p.permute(2, 0, 1))  # [n, H, M]
+    out = torch.stack(outs).to(q.dtype) if B else q.new_zeros((0, M, H, v.shape[2]))
+    lse = torch.stack(lses) if B else q.new_zeros((0, M, H), dtype=acc)
+    if not return_probs:
+        return out, lse
+    prob = torch.cat(probs) if B else q.new_zeros((0, H, M), dtype=acc)
+    return out, lse, prob

@@ -1,0 +1,756 @@
+// CPU backend of pathgen::coattention and its backward.
+//
+// Split-KV on the CPU: each slide's keys are cut into splits of equal length (per KV head);
+// threads pull splits from a shared counter, largest first. Within a split, keys stream in
+// cache-sized blocks; for each block every one of the R = M * H / Hkv query rows that share
+// the KV head is handled at once (one pass over the block):
+//   S = Qs K_blk^T (register-tiled 6x2 dot products), online softmax (coattention_math.h),
+//   O += P V_blk (register-tiled 6x16 axpys),
+// so each key row is read from memory once (twice from cache). Splits are merged by their
+// log-sum-exp. bf16/fp16 blocks are converted to fp32 once, on load; accumulation is fp32
+// (fp64 for float64 inputs).
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <numeric>
+#include <type_traits>
+#include <vector>
+
+#include "coattention/coattention.h"
+
+namespace pathgen {
+namespace coattn {
+namespace {
+
+// ---- SIMD micro-kernels (GCC/Clang vector extensions: AVX2+FMA on x86, NEON on arm) --------
+
+template <typename T>
+struct Simd {
+  static constexpr int L = 32 / sizeof(T);
+  typedef T V __attribute__((vector_size(32)));
+  static inline V load(const T* p) {
+    V v;
+    std::memcpy(&v, p, sizeof(V));
+    return v;
+  }
+  static inline void store(T* p, V v) { std::memcpy(p, &v, sizeof(V)); }
+  static inline V splat(T s) { return V{} + s; }  // outside the micro-kernels only
+  static inline T hsum(V v) {
+    T s = 0;
+    for (int i = 0; i < L; ++i) s += v[i];
+    return s;
+  }
+};
+
+constexpr int kRowTile = 6;
+
+// exp_fast of coattention_math.h on a vector of floats: the same clamp, rounding and
+// polynomial, lane by lane.
+inline Simd<float>::V exp_fast_vec(Simd<float>::V x) {
+  using V = Simd<float>::V;
+  typedef int32_t VI __attribute__((vector_size(32)));
+  const V lo = Simd<float>::splat(-87.0f), hi = Simd<float>::splat(88.0f);
+  V xc = x < lo ? lo : x;
+  xc = xc > hi ? hi : xc;
+  const V n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  const V r = xc - n * 0.693359375f + n * 2.12194440e-4f;
+  V p = Simd<float>::splat(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const V e = p * r * r + r + 1.0f;
+  const VI bits = (__builtin_convertvector(n, VI) + 127) << 23;
+  V two_n;
+  std::memcpy(&two_n, &bits, sizeof(V));
+  const V res = e * two_n;
+  return x < lo ? V{} : res;
+}
+
+// row[c] = exp(row[c] - sub[c or 0]) for c < n; returns the sum. kVecSub: sub is per element.
+template <typename T, bool kVecSub>
+inline T exp_sub_row(T* row, const T* sub, int64_t n) {
+  int64_t c = 0;
+  T sum = 0;
+  if constexpr (std::is_same_v<T, float>) {
+    using S_ = Simd<float>;
+    typename S_::V acc{};
+    const typename S_::V s0 = S_::splat(sub[0]);
+    for (; c + S_::L <= n; c += S_::L) {
+      const auto e = exp_fast_vec(S_::load(row + c) - (kVecSub ? S_::load(sub + c) : s0));
+      S_::store(row + c, e);
+      acc += e;
+    }
+    sum = S_::hsum(acc);
+  }
+  for (; c < n; ++c) {
+    const T e = exp_fast(row[c] - sub[kVecSub ? c : 0]);
+    row[c] = e;
+    sum += e;
+  }
+  return sum;
+}
+
+template <typename T>
+inline T row_max(const T* row, int64_t n) {
+  int64_t c = 0;
+  T mx = neg_inf<T>();
+  if constexpr (std::is_same_v<T, float>) {
+    using S_ = Simd<float>;
+    if (n >= S_::L) {
+      typename S_::V m = S_::load(row);
+      for (c = S_::L; c + S_::L <= n; c += S_::L) {
+        const auto x = S_::load(row + c);
+        m = x > m ? x : m;
+      }
+      for (int i = 0; i < S_::L; ++i) mx = m[i] > mx ? m[i] : mx;
+    }
+  }
+  for (; c < n; ++c) mx = row[c] > mx ? row[c] : mx;
+  return mx;
+}
+
+// 64-byte aligned scratch, so vector loops over rows start aligned (no scalar peeling).
+template <typename T>
+struct AlignedAlloc {
+  using value_type = T;
+  AlignedAlloc() = default;
+  template <typename U>
+  AlignedAlloc(const AlignedAlloc<U>&) {}
+  T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(64))); }
+  void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t(64)); }
+  template <typename U>
+  bool operator==(const AlignedAlloc<U>&) const { return true; }
+};
+template <typename T>
+using Scratch = std::vector<T, AlignedAlloc<T>>;
+
+// Software prefetch of the next key block, a few cache lines per micro-kernel tile, so the
+// DRAM reads of block i + 1 overlap the arithmetic of block i (the hardware prefetchers do
+// not run ahead of a loop that first copies a block, then computes on it).
+struct Prefetch {
+  const char* p[2] = {nullptr, nullptr};
+  const char* end[2] = {nullptr, nullptr};
+  int64_t lines_per_tick = 0;
+  void set(int i, const void* begin, int64_t bytes) {
+    p[i] = static_cast<const char*>(begin);
+    end[i] = p[i] + bytes;
+  }
+  int64_t lines() const { return ((end[0] - p[0]) + (end[1] - p[1])) / 64 + 2; }
+  inline void tick() {
+    for (int64_t n = 0; n < lines_per_tick; ++n) {
+      const int i = p[0] < end[0] ? 0 : 1;
+      if (p[i] >= end[i]) return;
+      __builtin_prefetch(p[i], 0, 2);
+      p[i] += 64;
+    }
+  }
+};
+
+// S[r, c] = sum_d A[r, d] B[c, d] for an RT x CT tile.
+template <typename T, int RT, int CT>
+inline void nt_tile(int64_t D, const T* A, int64_t lda, const T* B, int64_t ldb, T* S, int64_t lds) {
+  using S_ = Simd<T>;
+  using V = typename S_::V;
+  constexpr int L = S_::L;
+  V acc[RT][CT];
+  for (int r = 0; r < RT; ++r)
+    for (int c = 0; c < CT; ++c) acc[r][c] = V{};
+  int64_t d = 0;
+  for (; d + L <= D; d += L) {
+    V b[CT];
+    for (int c = 0; c < CT; ++c) b[c] = S_::load(B + c * ldb + d);
+    for (int r = 0; r < RT; ++r) {
+      const V a = S_::load(A + r * lda + d);
+      for (int c = 0; c < CT; ++c) acc[r][c] += a * b[c];
+    }
+  }
+  for (int r = 0; r < RT; ++r) {
+    for (int c = 0; c < CT; ++c) {
+      T s = S_::hsum(acc[r][c]);
+      for (int64_t e = d; e < D; ++e) s += A[r * lda + e] * B[c * ldb + e];
+      S[r * lds + c] = s;
+    }
+  }
+}
+
+template <typename T, int CT>
+inline void nt_rows(int rt, int64_t D, const T* A, int64_t lda, const T* B, int64_t ldb, T* S, int64_t lds) {
+  switch (rt) {
+    case 6: nt_tile<T, 6, CT>(D, A, lda, B, ldb, S, lds); break;
+    case 5: nt_tile<T, 5, CT>(D, A, lda, B, ldb, S, lds); break;
+    case 4: nt_tile<T, 4, CT>(D, A, lda, B, ldb, S, lds); break;
+    case 3: nt_tile<T, 3, CT>(D, A, lda, B, ldb, S, lds); break;
+    case 2: nt_tile<T, 2, CT>(D, A, lda, B, ldb, S, lds); break;
+    default: nt_tile<T, 1, CT>(D, A, lda, B, ldb, S, lds); break;
+  }
+}
+
+// S[r, c] = sum_d A[r, d] B[c, d]   (R x C, both operands row-major in d)
+template <typename T>
+void gemm_nt(int64_t R, int64_t C, int64_t D, const T* A, int64_t lda, const T* B, int64_t ldb, T* S,
+             int64_t lds, Prefetch& pf) {
+  for (int64_t r0 = 0; r0 < R; r0 += kRowTile) {
+    const int rt = static_cast<int>(std::min<int64_t>(kRowTile, R - r0));
+    int64_t c0 = 0;
+    for (; c0 + 2 <= C; c0 += 2) {
+      nt_rows<T, 2>(rt, D, A + r0 * lda, lda, B + c0 * ldb, ldb, S + r0 * lds + c0, lds);
+      pf.tick();
+    }
+    if (c0 < C) nt_rows<T, 1>(rt, D, A + r0 * lda, lda, B + c0 * ldb, ldb, S + r0 * lds + c0, lds);
+  }
+}
+
+inline int64_t nt_ticks(int64_t R, int64_t C) { return (R + kRowTile - 1) / kRowTile * (C / 2); }
+
+// C[r, n] += sum_k A[r, k] B[k, n] for an RT x (NV vectors) tile.
+template <typename T, int RT, int NV>
+inline void nn_tile(int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc) {
+  using S_ = Simd<T>;
+  using V = typename S_::V;
+  constexpr int L = S_::L;
+  V acc[RT][NV];
+  for (int r = 0; r < RT; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = S_::load(C + r * ldc + v * L);
+  for (int64_t k = 0; k < K; ++k) {
+    V b[NV];
+    for (int v = 0; v < NV; ++v) b[v] = S_::load(B + k * ldb + v * L);
+    for (int r = 0; r < RT; ++r) {
+      const T a = A[r * lda + k];  // vector * scalar: one vbroadcastss per row
+      for (int v = 0; v < NV; ++v) acc[r][v] += b[v] * a;
+    }
+  }
+  for (int r = 0; r < RT; ++r)
+    for (int v = 0; v < NV; ++v) S_::store(C + r * ldc + v * L, acc[r][v]);
+}
+
+template <typename T, int NV>
+inline void nn_rows(int rt, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc) {
+  switch (rt) {
+    case 6: nn_tile<T, 6, NV>(K, A, lda, B, ldb, C, ldc); break;
+    case 5: nn_tile<T, 5, NV>(K, A, lda, B, ldb, C, ldc); break;
+    case 4: nn_tile<T, 4, NV>(K, A, lda, B, ldb, C, ldc); break;
+    case 3: nn_tile<T, 3, NV>(K, A, lda, B, ldb, C, ldc); break;
+    case 2: nn_tile<T, 2, NV>(K, A, lda, B, ldb, C, ldc); break;
+    default: nn_tile<T, 1, NV>(K, A, lda, B, ldb, C, ldc); break;
+  }
+}
+
+// C[r, n] += sum_k A[r, k] B[k, n]   (R x Ncol; A row-major in k, B row-major in n)
+template <typename T>
+void gemm_nn_acc(int64_t R, int64_t Ncol, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
+                 int64_t ldc, Prefetch& pf) {
+  constexpr int L = Simd<T>::L;
+  int64_t n0 = 0;
+  for (; n0 + 2 * L <= Ncol; n0 += 2 * L) {
+    for (int64_t r0 = 0; r0 < R; r0 += kRowTile)
+      nn_rows<T, 2>(static_cast<int>(std::min<int64_t>(kRowTile, R - r0)), K, A + r0 * lda, lda, B + n0, ldb,
+                    C + r0 * ldc + n0, ldc);
+    pf.tick();
+  }
+  for (; n0 + L <= Ncol; n0 += L)
+    for (int64_t r0 = 0; r0 < R; r0 += kRowTile)
+      nn_rows<T, 1>(static_cast<int>(std::min<int64_t>(kRowTile, R - r0)), K, A + r0 * lda, lda, B + n0, ldb,
+                    C + r0 * ldc + n0, ldc);
+  if (n0 < Ncol) {
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t k = 0; k < K; ++k) {
+        const T a = A[r * lda + k];
+        for (int64_t n = n0; n < Ncol; ++n) C[r * ldc + n] += a * B[k * ldb + n];
+      }
+  }
+}
+
+template <typename T>
+inline int64_t nn_ticks(int64_t Ncol) {
+  return Ncol / (2 * Simd<T>::L);
+}
+
+// ---- shared pieces ----------------------------------------------------------------------
+
+// Keys per cache block: the block's K and V rows of every KV head (about 192 KiB as acc_t)
+// stay in L2 between S = Q K^T and O += P V, next to the queries, the output accumulators and
+// the next block being prefetched (a 1 MiB L2 holds all four for D = 1024, M H = 48).
+int64_t block_keys(const Problem& p, int64_t elem) {
+  const int64_t per_key = p.Hkv * (p.D + (p.k_is_v ? 0 : p.Dv)) * elem;
+  return std::clamp<int64_t>((192 * 1024) / per_key / 16 * 16, 16, 512);  // rows stay 64-byte aligned
+}
+
+struct Item {
+  int64_t b, j0, j1;  // slide, key range (all KV heads)
+};
+
+// Cuts every slide into splits of equal length; the items of slide b are
+// first[b] .. first[b + 1] - 1, and `order` lists them largest first for dynamic scheduling.
+struct Work {
+  std::vector<Item> items;
+  std::vector<int64_t> first;
+  std::vector<int64_t> order;
+};
+
+Work make_work(const Problem& p, const std::vector<int64_t>& offs, int64_t block) {
+  Work w;
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  int64_t split = 1;
+  for (int64_t b = 0; b < p.B; ++b) split = std::max(split, offs[b + 1] - offs[b]);
+  if (threads > 1) {  // about 8 splits per thread over the batch, at least two blocks each
+    const int64_t target = (p.N + threads * 8 - 1) / (threads * 8);
+    split = std::max<int64_t>(2 * block, (target + block - 1) / block * block);
+  }
+  w.first.assign(p.B + 1, 0);
+  for (int64_t b = 0; b < p.B; ++b) {
+    w.first[b] = static_cast<int64_t>(w.items.size());
+    for (int64_t j0 = offs[b]; j0 < offs[b + 1]; j0 += split) w.items.push_back({b, j0, std::min(j0 + split, offs[b + 1])});
+  }
+  w.first[p.B] = static_cast<int64_t>(w.items.size());
+  w.order.resize(w.items.size());
+  std::iota(w.order.begin(), w.order.end(), int64_t{0});
+  std::stable_sort(w.order.begin(), w.order.end(), [&](int64_t a, int64_t c) {
+    return w.items[a].j1 - w.items[a].j0 > w.items[c].j1 - w.items[c].j0;
+  });
+  return w;
+}
+
+// Runs fn(item_index, thread_buffers) over all items; threads pull items from a counter.
+template <typename Buffers, typename Fn>
+void run_items(const Work& w, const Buffers& proto, Fn&& fn) {
+  const int64_t n = static_cast<int64_t>(w.items.size());
+  if (n == 0) return;
+  std::atomic<int64_t> next{0};
+  const int64_t threads = std::min<int64_t>(std::max<int64_t>(1, at::get_num_threads()), n);
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    Buffers buf = proto;
+    for (;;) {
+      const int64_t t = next.fetch_add(1, std::memory_order_relaxed);
+      if (t >= n) break;
+      fn(w.order[t], buf);
+    }
+  });
+}
+
+// Strided view of a [*, Hkv, width] tensor whose last dim is contiguous.
+template <typename scalar_t>
+struct Rows {
+  const scalar_t* ptr;
+  int64_t s0, s1;
+  const scalar_t* row(int64_t j, int64_t g) const { return ptr + j * s0 + g * s1; }
+};
+
+// Leading dimension of packed rows: width rounded up to 16 plus 16 elements, so rows of
+// 1024 floats (4 KiB apart) do not all fall into one L1 set.
+inline int64_t padded_ld(int64_t width) {
+  return (width + 15) / 16 * 16 + 16;
+}
+
+// Keys [j0, j0 + n) of every KV head into buf as acc_t, head-major (buf[(g n + c) ld + d]).
+// Reads the block in memory order, one sequential stream (per-head strided reads would defeat
+// the hardware prefetchers); bf16/fp16 are converted to fp32 on the way.
+template <typename scalar_t, typename acc_t>
+void pack_block(const Rows<scalar_t>& t, int64_t j0, int64_t n, int64_t Hkv, int64_t width, int64_t ld,
+                acc_t* buf) {
+  for (int64_t c = 0; c < n; ++c) {
+    for (int64_t g = 0; g < Hkv; ++g) {
+      const scalar_t* src = t.row(j0 + c, g);
+      acc_t* dst = buf + (g * n + c) * ld;
+#pragma omp simd
+      for (int64_t d = 0; d < width; ++d) dst[d] = static_cast<acc_t>(src[d]);
+    }
+  }
+}
+
+// Prefetcher over the next block's keys [j0, j0 + n) (K, and V unless it is K), paced over
+// `ticks` micro-kernel tiles.
+template <typename scalar_t>
+Prefetch next_block(const Rows<scalar_t>& kr, const Rows<scalar_t>& vr, bool k_is_v, int64_t j0, int64_t n,
+                    int64_t ticks) {
+  Prefetch pf;
+  if (n <= 0) return pf;
+  pf.set(0, kr.row(j0, 0), n * kr.s0 * static_cast<int64_t>(sizeof(scalar_t)));
+  if (!k_is_v) pf.set(1, vr.row(j0, 0), n * vr.s0 * static_cast<int64_t>(sizeof(scalar_t)));
+  pf.lines_per_tick = (pf.lines() + ticks - 1) / std::max<int64_t>(ticks, 1);
+  return pf;
+}
+
+// Row of query (m, h) in the per-slide row order: KV head g = h / G owns rows g R .. g R + R - 1,
+// and row g R + m G + i is (query m, head g G + i).
+inline int64_t row_of(const Problem& p, int64_t m, int64_t h) {
+  return (h / p.G) * p.R + m * p.G + h % p.G;
+}
+
+// x[b] ([M, H, width], any strides) times `mult` into dst [M H, ld] in row order.
+template <typename scalar_t, typename acc_t>
+void gather_rows(const Problem& p, const at::Tensor& x, int64_t b, int64_t width, int64_t ld, acc_t mult,
+                 acc_t* dst) {
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  const int64_t s0 = x.stride(0), s1 = x.stride(1), s2 = x.stride(2), s3 = x.stride(3);
+  for (int64_t m = 0; m < p.M; ++m) {
+    for (int64_t h = 0; h < p.H; ++h) {
+      const scalar_t* src = xp + b * s0 + m * s1 + h * s2;
+      acc_t* d = dst + row_of(p, m, h) * ld;
+      for (int64_t e = 0; e < width; ++e) d[e] = static_cast<acc_t>(src[e * s3]) * mult;
+    }
+  }
+}
+
+// ---- forward ------------------------------------------------------------------------------
+
+template <typename acc_t>
+struct FwdBuffers {
+  Scratch<acc_t> q, s, o, kb, vb, m, l;
+};
+
+template <typename scalar_t>
+void forward_impl(const Problem& p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                  const std::vector<int64_t>& offs, at::Tensor& out, at::Tensor& lse, at::Tensor& probs) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t C = block_keys(p, sizeof(acc_t));
+  const Work w = make_work(p, offs, C);
+  const int64_t n_items = static_cast<int64_t>(w.items.size());
+  const int64_t R = p.R, RH = p.Hkv * p.R, D = p.D, Dv = p.Dv, HM = p.H * p.M;
+  const int64_t LD = padded_ld(D), LV = padded_ld(Dv);
+
+  const Rows<scalar_t> kr{k.const_data_ptr<scalar_t>(), k.stride(0), k.stride(1)};
+  const Rows<scalar_t> vr{v.const_data_ptr<scalar_t>(), v.stride(0), v.stride(1)};
+  acc_t* probs_p = p.return_probs ? probs.mutable_data_ptr<acc_t>() : nullptr;
+
+  // per split: normalised output and lse of each of its RH = M H rows
+  std::vector<acc_t> part_out(static_cast<size_t>(n_items * RH * Dv));
+  std::vector<acc_t> part_lse(static_cast<size_t>(n_items * RH));
+
+  FwdBuffers<acc_t> proto;
+  proto.q.resize(RH * LD);
+  proto.s.resize(R * C);
+  proto.o.resize(RH * LV);
+  proto.kb.resize(p.Hkv * C * LD);
+  proto.vb.resize(p.k_is_v ? 0 : p.Hkv * C * LV);
+  proto.m.resize(RH);
+  proto.l.resize(RH);
+
+  run_items(w, proto, [&](int64_t idx, FwdBuffers<acc_t>& bf) {
+    const Item it = w.items[idx];
+    gather_rows<scalar_t, acc_t>(p, q, it.b, D, LD, static_cast<acc_t>(p.scale), bf.q.data());
+    std::fill(bf.o.begin(), bf.o.end(), acc_t(0));
+    std::fill(bf.m.begin(), bf.m.end(), neg_inf<acc_t>());
+    std::fill(bf.l.begin(), bf.l.end(), acc_t(0));
+    acc_t* S = bf.s.data();
+    for (int64_t c0 = it.j0; c0 < it.j1; c0 += C) {
+      const int64_t cn = std::min(C, it.j1 - c0);
+      pack_block<scalar_t, acc_t>(kr, c0, cn, p.Hkv, D, LD, bf.kb.data());
+      const acc_t* vbase = bf.kb.data();
+      if (!p.k_is_v) {
+        pack_block<scalar_t, acc_t>(vr, c0, cn, p.Hkv, Dv, LV, bf.vb.data());
+        vbase = bf.vb.data();
+      }
+      Prefetch pf = next_block(kr, vr, p.k_is_v, c0 + cn, std::min(C, it.j1 - c0 - cn),
+                               p.Hkv * (nt_ticks(R, cn) + nn_ticks<acc_t>(Dv)));
+      for (int64_t g = 0; g < p.Hkv; ++g) {
+        acc_t* Og = bf.o.data() + g * R * LV;
+        acc_t* mg = bf.m.data() + g * R;
+        acc_t* lg = bf.l.data() + g * R;
+        gemm_nt<acc_t>(R, cn, D, bf.q.data() + g * R * LD, LD, bf.kb.data() + g * cn * LD, LD, S, C, pf);  // scores
+
+        if (probs_p != nullptr) {  // raw scores now, normalised with the final lse afterwards
+          for (int64_t c = 0; c < cn; ++c) {
+            acc_t* dst = probs_p + (c0 + c) * HM + g * p.G * p.M;
+            for (int64_t m = 0; m < p.M; ++m)
+              for (int64_t i = 0; i < p.G; ++i) dst[i * p.M + m] = S[(m * p.G + i) * C + c];
+          }
+        }
+        for (int64_t r = 0; r < R; ++r) {  // (1) online softmax, row by row
+          acc_t* row = S + r * C;
+          const acc_t alpha = online_rescale(mg[r], lg[r], row_max(row, cn));
+          lg[r] += exp_sub_row<acc_t, false>(row, mg + r, cn);
+          if (alpha != acc_t(1)) {
+            acc_t* o = Og + r * LV;
+#pragma omp simd
+            for (int64_t d = 0; d < Dv; ++d) o[d] *= alpha;
+          }
+        }
+        gemm_nn_acc<acc_t>(R, Dv, cn, S, C, vbase + g * cn * LV, LV, Og, LV, pf);  // O += P V
+      }
+    }
+    for (int64_t r = 0; r < RH; ++r) {
+      part_lse[idx * RH + r] = state_lse(bf.m[r], bf.l[r]);
+      const acc_t inv = state_inv_sum(bf.l[r]);
+      const acc_t* o = bf.o.data() + r * LV;
+      acc_t* dst = part_out.data() + (idx * RH + r) * Dv;
+#pragma omp simd
+      for (int64_t d = 0; d < Dv; ++d) dst[d] = o[d] * inv;
+    }
+  });
+
+  // (2) merge the splits of every slide by their log-sum-exp
+  scalar_t* out_p = out.mutable_data_ptr<scalar_t>();
+  acc_t* lse_p = lse.mutable_data_ptr<acc_t>();
+  at::parallel_for(0, p.B, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> acc(Dv);
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t i0 = w.first[b], ni = w.first[b + 1] - i0;
+      for (int64_t m = 0; m < p.M; ++m) {
+        for (int64_t h = 0; h < p.H; ++h) {
+          const int64_t r = row_of(p, m, h);
+          const acc_t total = ni > 0 ? merge_lse(part_lse.data() + i0 * RH + r, ni, RH) : neg_inf<acc_t>();
+          std::fill(acc.begin(), acc.end(), acc_t(0));
+          for (int64_t s = 0; s < ni; ++s) {
+            const acc_t wgt = merge_weight(part_lse[(i0 + s) * RH + r], total);
+            const acc_t* src = part_out.data() + ((i0 + s) * RH + r) * Dv;
+#pragma omp simd
+            for (int64_t d = 0; d < Dv; ++d) acc[d] += wgt * src[d];
+          }
+          scalar_t* dst = out_p + ((b * p.M + m) * p.H + h) * Dv;
+          for (int64_t d = 0; d < Dv; ++d) dst[d] = static_cast<scalar_t>(acc[d]);
+          lse_p[(b * p.M + m) * p.H + h] = total;
+        }
+      }
+    }
+  });
+
+  if (probs_p != nullptr && p.N > 0) {  // raw scores -> probabilities with the final lse
+    std::vector<acc_t> lse_t(p.B * HM);  // [B, H, M], the probs layout
+    for (int64_t b = 0; b < p.B; ++b)
+      for (int64_t h = 0; h < p.H; ++h)
+        for (int64_t m = 0; m < p.M; ++m) lse_t[(b * p.H + h) * p.M + m] = lse_p[(b * p.M + m) * p.H + h];
+    at::parallel_for(0, p.N, 2048, [&](int64_t begin, int64_t end) {
+      int64_t b = std::upper_bound(offs.begin(), offs.end(), begin) - offs.begin() - 1;
+      for (int64_t j = begin; j < end; ++j) {
+        while (j >= offs[b + 1]) ++b;
+        exp_sub_row<acc_t, true>(probs_p + j * HM, lse_t.data() + b * HM, HM);
+      }
+    });
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> coattention_cpu(const at::Tensor& q, const at::Tensor& k_in,
+                                                               const at::Tensor& v_in, const at::Tensor& cu_seqlens,
+                                                               int64_t max_seqlen, double scale, bool return_probs) {
+  const Problem p = check_forward(q, k_in, v_in, cu_seqlens, scale, return_probs);
+  TORCH_CHECK(q.device().is_cpu(), "coattention: CPU kernel got a ", q.device(), " tensor");
+  const std::vector<int64_t> offs = host_offsets(cu_seqlens, p.N);
+  const at::Tensor k = last_dim_contiguous(k_in);
+  const at::Tensor v = p.k_is_v ? k : last_dim_contiguous(v_in);
+  const auto st = stats_dtype(q.scalar_type());
+  at::Tensor out = at::empty({p.B, p.M, p.H, p.Dv}, q.options());
+  at::Tensor lse = at::empty({p.B, p.M, p.H}, q.options().dtype(st));
+  at::Tensor probs = at::empty({return_probs ? p.N : 0, p.H, p.M}, q.options().dtype(st));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "coattention_cpu", [&] {
+    forward_impl<scalar_t>(p, q, k, v, offs, out, lse, probs);
+  });
+  return {out, lse, probs};
+}
+
+// ---- backward -----------------------------------------------------------------------------
+
+template <typename acc_t>
+struct BwdBuffers {
+  Scratch<acc_t> q, dout, s, dp, t, kb, vb, gkb, gvb, lse, delta;
+};
+
+template <typename scalar_t>
+void backward_impl(const Problem& p, const at::Tensor& grad_out, const at::Tensor& grad_lse,
+                   const at::Tensor& grad_probs, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                   const std::vector<int64_t>& offs, const at::Tensor& out, const at::Tensor& lse,
+                   const at::Tensor& probs, std::array<bool, 3> mask, at::Tensor& gq, at::Tensor& gk,
+                   at::Tensor& gv) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t C = block_keys(p, sizeof(acc_t));
+  const int64_t R = p.R, RH = p.Hkv * p.R, D = p.D, Dv = p.Dv, HM = p.H * p.M;
+  const int64_t LD = padded_ld(D), LV = padded_ld(Dv);
+  const bool has_do = grad_out.defined(), has_gp = grad_probs.defined();
+  const acc_t* lse_p = lse.const_data_ptr<acc_t>();
+
+  // (3) delta = <dO, o> + sum_j p_j gP_j - g_lse, per (slide, query, head) in lse's layout
+  std::vector<acc_t> delta(p.B * p.M * p.H, acc_t(0));
+  at::parallel_for(0, p.B, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> pg(HM);
+    for (int64_t b = begin; b < end; ++b) {
+      for (int64_t x = 0; x < p.M * p.H; ++x) {
+        const int64_t row = b * p.M * p.H + x;
+        acc_t d = 0;
+        if (has_do) {
+          const scalar_t* go = grad_out.const_data_ptr<scalar_t>() + row * Dv;
+          const scalar_t* o = out.const_data_ptr<scalar_t>() + row * Dv;
+          for (int64_t e = 0; e < Dv; ++e) d += static_cast<acc_t>(go[e]) * static_cast<acc_t>(o[e]);
+        }
+        if (grad_lse.defined()) d -= grad_lse.const_data_ptr<acc_t>()[row];
+        delta[row] = d;
+      }
+      if (has_gp) {
+        std::fill(pg.begin(), pg.end(), acc_t(0));
+        const acc_t* pp = probs.const_data_ptr<acc_t>();
+        const acc_t* gp = grad_probs.const_data_ptr<acc_t>();
+        for (int64_t j = offs[b]; j < offs[b + 1]; ++j) {
+#pragma omp simd
+          for (int64_t x = 0; x < HM; ++x) pg[x] += pp[j * HM + x] * gp[j * HM + x];
+        }
+        for (int64_t h = 0; h < p.H; ++h)
+          for (int64_t m = 0; m < p.M; ++m) delta[(b * p.M + m) * p.H + h] += pg[h * p.M + m];
+      }
+    }
+  });
+
+  const Work w = make_work(p, offs, C);
+  const int64_t n_items = static_cast<int64_t>(w.items.size());
+  const Rows<scalar_t> kr{k.const_data_ptr<scalar_t>(), k.stride(0), k.stride(1)};
+  const Rows<scalar_t> vr{v.const_data_ptr<scalar_t>(), v.stride(0), v.stride(1)};
+  const acc_t* gp_p = has_gp ? grad_probs.const_data_ptr<acc_t>() : nullptr;
+  acc_t* gk_p = mask[1] ? gk.mutable_data_ptr<acc_t>() : nullptr;  // [N, Hkv, D]
+  acc_t* gv_p = mask[2] ? gv.mutable_data_ptr<acc_t>() : nullptr;  // [N, Hkv, Dv]
+  std::vector<acc_t> part_dq(mask[0] ? static_cast<size_t>(n_items * RH * D) : 0, acc_t(0));
+
+  BwdBuffers<acc_t> proto;
+  proto.q.resize(RH * LD);
+  proto.dout.resize(RH * LV, acc_t(0));
+  proto.s.resize(R * C);
+  proto.dp.resize(R * C);
+  proto.t.resize(C * R);
+  proto.kb.resize(p.Hkv * C * LD);
+  proto.vb.resize(p.k_is_v ? 0 : p.Hkv * C * LV);
+  proto.gkb.resize(gk_p != nullptr ? C * p.Hkv * D : 0);
+  proto.gvb.resize(gv_p != nullptr ? C * p.Hkv * Dv : 0);
+  proto.lse.resize(RH);
+  proto.delta.resize(RH);
+
+  run_items(w, proto, [&](int64_t idx, BwdBuffers<acc_t>& bf) {
+    const Item it = w.items[idx];
+    gather_rows<scalar_t, acc_t>(p, q, it.b, D, LD, static_cast<acc_t>(p.scale), bf.q.data());
+    if (has_do) gather_rows<scalar_t, acc_t>(p, grad_out, it.b, Dv, LV, acc_t(1), bf.dout.data());
+    for (int64_t m = 0; m < p.M; ++m) {
+      for (int64_t h = 0; h < p.H; ++h) {
+        const int64_t x = (it.b * p.M + m) * p.H + h;
+        bf.lse[row_of(p, m, h)] = lse_p[x];
+        bf.delta[row_of(p, m, h)] = delta[x];
+      }
+    }
+    acc_t* S = bf.s.data();
+    acc_t* dP = bf.dp.data();
+    acc_t* T = bf.t.data();
+    for (int64_t c0 = it.j0; c0 < it.j1; c0 += C) {
+      const int64_t cn = std::min(C, it.j1 - c0);
+      pack_block<scalar_t, acc_t>(kr, c0, cn, p.Hkv, D, LD, bf.kb.data());
+      const acc_t* vbase = bf.kb.data();
+      if (!p.k_is_v) {
+        pack_block<scalar_t, acc_t>(vr, c0, cn, p.Hkv, Dv, LV, bf.vb.data());
+        vbase = bf.vb.data();
+      }
+      Prefetch pf = next_block(kr, vr, p.k_is_v, c0 + cn, std::min(C, it.j1 - c0 - cn),
+                               p.Hkv * (2 * nt_ticks(R, cn) + 2 * nn_ticks<acc_t>(D) + nn_ticks<acc_t>(Dv)));
+      if (gk_p != nullptr) std::fill(bf.gkb.begin(), bf.gkb.begin() + cn * p.Hkv * D, acc_t(0));
+      if (gv_p != nullptr) std::fill(bf.gvb.begin(), bf.gvb.begin() + cn * p.Hkv * Dv, acc_t(0));
+      for (int64_t g = 0; g < p.Hkv; ++g) {
+        const acc_t* Qg = bf.q.data() + g * R * LD;
+        const acc_t* dOg = bf.dout.data() + g * R * LV;
+        const acc_t* Kg = bf.kb.data() + g * cn * LD;
+        const acc_t* Vg = vbase + g * cn * LV;
+        const acc_t* lse_g = bf.lse.data() + g * R;
+        const acc_t* delta_g = bf.delta.data() + g * R;
+
+        gemm_nt<acc_t>(R, cn, D, Qg, LD, Kg, LD, S, C, pf);  // scaled scores
+        for (int64_t r = 0; r < R; ++r) {              // P = exp(s - lse)
+          exp_sub_row<acc_t, false>(S + r * C, lse_g + r, cn);
+        }
+        if (has_do) {
+          gemm_nt<acc_t>(R, cn, Dv, dOg, LV, Vg, LV, dP, C, pf);  // dP = dO V^T
+        } else {
+          for (int64_t r = 0; r < R; ++r) std::fill(dP + r * C, dP + r * C + cn, acc_t(0));
+        }
+        if (gp_p != nullptr) {  // + upstream grad of probs
+          for (int64_t c = 0; c < cn; ++c) {
+            const acc_t* src = gp_p + (c0 + c) * HM + g * p.G * p.M;
+            for (int64_t m = 0; m < p.M; ++m)
+              for (int64_t i = 0; i < p.G; ++i) dP[(m * p.G + i) * C + c] += src[i * p.M + m];
+          }
+        }
+        if (gv_p != nullptr && has_do) {  // dv_j = sum_r p_rj dO_r
+          for (int64_t r = 0; r < R; ++r)
+            for (int64_t c = 0; c < cn; ++c) T[c * R + r] = S[r * C + c];
+          gemm_nn_acc<acc_t>(cn, Dv, R, T, R, dOg, LV, bf.gvb.data() + g * Dv, p.Hkv * Dv, pf);
+        }
+        for (int64_t r = 0; r < R; ++r) {  // dS = p (dP - delta), in place of dP
+          acc_t* dpr = dP + r * C;
+          const acc_t* pr = S + r * C;
+          const acc_t dl = delta_g[r];
+#pragma omp simd
+          for (int64_t c = 0; c < cn; ++c) dpr[c] = grad_score(pr[c], dpr[c], dl);
+        }
+        if (mask[0])  // dq_r += sum_j dS_rj k_j   (times scale at the merge)
+          gemm_nn_acc<acc_t>(R, D, cn, dP, C, Kg, LD, part_dq.data() + (idx * RH + g * R) * D, D, pf);
+        if (gk_p != nullptr) {  // dk_j = sum_r dS_rj (scale q_r)
+          for (int64_t r = 0; r < R; ++r)
+            for (int64_t c = 0; c < cn; ++c) T[c * R + r] = dP[r * C + c];
+          gemm_nn_acc<acc_t>(cn, D, R, T, R, Qg, LD, bf.gkb.data() + g * D, p.Hkv * D, pf);
+        }
+      }
+      // this split owns keys [c0, c0 + cn) of every head: one contiguous copy each
+      if (gk_p != nullptr) std::copy(bf.gkb.begin(), bf.gkb.begin() + cn * p.Hkv * D, gk_p + c0 * p.Hkv * D);
+      if (gv_p != nullptr) std::copy(bf.gvb.begin(), bf.gvb.begin() + cn * p.Hkv * Dv, gv_p + c0 * p.Hkv * Dv);
+    }
+  });
+
+  if (mask[0]) {  // sum the splits' dq, times scale, into gq [B, M, H, D]
+    scalar_t* gq_p = gq.mutable_data_ptr<scalar_t>();
+    const acc_t sc = static_cast<acc_t>(p.scale);
+    at::parallel_for(0, p.B, 1, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> acc(D);
+      for (int64_t b = begin; b < end; ++b) {
+        const int64_t i0 = w.first[b], i1 = w.first[b + 1];
+        for (int64_t m = 0; m < p.M; ++m) {
+          for (int64_t h = 0; h < p.H; ++h) {
+            const int64_t r = row_of(p, m, h);
+            std::fill(acc.begin(), acc.end(), acc_t(0));
+            for (int64_t s = i0; s < i1; ++s) {
+              const acc_t* src = part_dq.data() + (s * RH + r) * D;
+#pragma omp simd
+              for (int64_t d = 0; d < D; ++d) acc[d] += src[d];
+            }
+            scalar_t* dst = gq_p + ((b * p.M + m) * p.H + h) * D;
+            for (int64_t d = 0; d < D; ++d) dst[d] = static_cast<scalar_t>(acc[d] * sc);
+          }
+        }
+      }
+    });
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> coattention_backward_cpu(
+    const std::optional<at::Tensor>& grad_out, const std::optional<at::Tensor>& grad_lse,
+    const std::optional<at::Tensor>& grad_probs, const at::Tensor& q, const at::Tensor& k_in,
+    const at::Tensor& v_in, const at::Tensor& cu_seqlens, const at::Tensor& out, const at::Tensor& lse,
+    const std::optional<at::Tensor>& probs, int64_t max_seqlen, double scale, std::array<bool, 3> mask) {
+  const Problem p = check_forward(q, k_in, v_in, cu_seqlens, scale, false);
+  check_backward(p, q, grad_out, grad_lse, grad_probs, out, lse, probs);
+  TORCH_CHECK(q.device().is_cpu(), "coattention backward: CPU kernel got a ", q.device(), " tensor");
+  const std::vector<int64_t> offs = host_offsets(cu_seqlens, p.N);
+  const at::Tensor k = last_dim_contiguous(k_in);
+  const at::Tensor v = p.k_is_v ? k : last_dim_contiguous(v_in);
+  const auto acc_opts = q.options().dtype(stats_dtype(q.scalar_type()));
+  at::Tensor gq = mask[0] ? at::empty(q.sizes(), q.options()) : at::empty({0}, q.options());
+  at::Tensor gk = mask[1] ? at::empty({p.N, p.Hkv, p.D}, acc_opts) : at::empty({0}, q.options());
+  at::Tensor gv = mask[2] ? at::empty({p.N, p.Hkv, p.Dv}, acc_opts) : at::empty({0}, q.options());
+  const at::Tensor go = grad_out.has_value() ? grad_out->contiguous() : at::Tensor();
+  const at::Tensor gl = grad_lse.has_value() ? grad_lse->contiguous() : at::Tensor();
+  const at::Tensor gp = grad_probs.has_value() ? grad_probs->contiguous() : at::Tensor();
+  const at::Tensor pr = grad_probs.has_value() ? probs->contiguous() : at::Tensor();
+  const at::Tensor o = out.contiguous();
+  const at::Tensor l = lse.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "coattention_backward_cpu", [&] {
+    backward_impl<scalar_t>(p, go, gl, gp, q, k, v, offs, o, l, pr, mask, gq, gk, gv);
+  });
+  if (mask[1] && gk.scalar_type() != q.scalar_type()) gk = gk.to(q.scalar_type());
+  if (mask[2] && gv.scalar_type() != q.scalar_type()) gv = gv.to(q.scalar_type());
+  return {gq, gk, gv};
+}
+
+}  // namespace
+}  // namespace coattn
+}  // namespace pathgen
+
+TORCH_LIBRARY_IMPL(pathgen, CPU, m) {
+  m.impl("coattention", &pathgen::coattn::coattention_cpu);
+  m.impl("_coattention_backward", &pathgen::coattn::coattention_backward_cpu);
+}

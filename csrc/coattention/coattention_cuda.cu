@@ -1,0 +1,503 @@
+// CUDA backend of pathgen::coattention and its backward (flash-decoding style split-KV).
+//
+// Forward, three launches:
+//   1. split_kernel: one CTA per (key split, KV head x 16-row tile x column tile, slide). The
+//      CTA streams its split's keys in tiles of kTileKeys: scores for its (up to) 16 query rows
+//      (one warp per key, lanes over D, warp-reduced), the online-softmax update of
+//      coattention_math.h, then O += P V with each thread owning kCols output columns of all 16
+//      rows in registers (fp32/fp64 accumulation). Raw scores go to `probs` in the same pass.
+//      Each split writes its normalised output and lse.
+//   2. combine_kernel: one CTA per (slide, query, head) merges the splits by lse.
+//   3. normalise_kernel: probs = exp(raw - lse), elementwise.
+// Backward, three launches (simple rather than fast; the CPU kernel is the tuned one):
+//   1. delta_kernel: delta = <dO, o> + sum_j p_j gP_j - g_lse per row.
+//   2. key_kernel: one warp per (key, KV head): p and dS for every row sharing the KV head
+//      (kept in scratch), then dk_j and dv_j.
+//   3. dq_kernel: dq = scale sum_j dS_j k_j per (row, key split), atomically added in fp32.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "coattention/coattention.h"
+
+namespace pathgen {
+namespace coattn {
+namespace {
+
+constexpr int kThreads = 128;   // 4 warps
+constexpr int kWarps = kThreads / 32;
+constexpr int kRows = 16;       // query rows per CTA (a 16-row tile, not padded to 64-128)
+constexpr int kTileKeys = 32;   // keys per shared-memory tile
+
+__host__ __device__ __forceinline__ int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// slide owning packed key j: the last b with cu[b] <= j (cu has B + 1 entries)
+__device__ __forceinline__ int64_t slide_of(const int32_t* cu, int64_t B, int64_t j) {
+  int64_t lo = 0, hi = B;  // answer in [lo, hi)
+  while (hi - lo > 1) {
+    const int64_t mid = (lo + hi) / 2;
+    if (static_cast<int64_t>(cu[mid]) <= j) lo = mid;
+    else hi = mid;
+  }
+  return lo;
+}
+
+struct Dims {
+  int64_t B, M, H, Hkv, G, R, D, Dv, N;
+  int64_t k_s0, k_s1, v_s0, v_s1;  // strides of k and v (last dim contiguous)
+  int64_t n_splits, split_len, row_tiles, col_tiles;
+  double scale;
+};
+
+// ---- forward ------------------------------------------------------------------------------
+
+template <typename scalar_t, typename acc_t, int kCols, bool kProbs>
+__global__ void __launch_bounds__(kThreads)
+split_kernel(const scalar_t* __restrict__ q,    // [B, M, H, D] contiguous
+             const scalar_t* __restrict__ k,    // [N, Hkv, D]
+             const scalar_t* __restrict__ v,    // [N, Hkv, Dv]
+             const int32_t* __restrict__ cu,    // [B + 1]
+             acc_t* __restrict__ part_o,        // [B, Hkv, R, n_splits, Dv]
+             acc_t* __restrict__ part_lse,      // [B, Hkv, R, n_splits]
+             acc_t* __restrict__ probs,         // [N, H, M] raw scores (kProbs)
+             Dims d) {
+  const int64_t split = blockIdx.x;
+  const int64_t b = blockIdx.z;
+  const int64_t col_tile = blockIdx.y % d.col_tiles;
+  const int64_t row_tile = (blockIdx.y / d.col_tiles) % d.row_tiles;
+  const int64_t g = blockIdx.y / (d.col_tiles * d.row_tiles);
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int64_t r0 = row_tile * kRows;
+  const int nrows = static_cast<int>(imin(kRows, d.R - r0));
+  const int64_t c0 = col_tile * kThreads * kCols;
+  const bool lead_tile = col_tile == 0;  // writes lse and raw probs once per row
+
+  const int64_t n = static_cast<int64_t>(cu[b + 1]) - cu[b];
+  const int64_t j_begin = static_cast<int64_t>(cu[b]) + split * d.split_len;
+  const int64_t j_end = static_cast<int64_t>(cu[b]) +
+                        (split == d.n_splits - 1 ? n : imin(n, (split + 1) * d.split_len));
+
+  __shared__ acc_t s_tile[kRows][kTileKeys];  // scores, then probabilities
+  __shared__ acc_t s_alpha[kRows];
+  __shared__ acc_t s_m[kRows], s_l[kRows];
+  __shared__ int64_t s_qoff[kRows];  // offset of each row's query in q (-1: no such row)
+  __shared__ int64_t s_poff[kRows];  // offset of the row's (h, m) within a probs row
+
+  if (tid < kRows) {
+    s_m[tid] = neg_inf<acc_t>();
+    s_l[tid] = acc_t(0);
+    if (tid < nrows) {
+      const int64_t rr = r0 + tid, m = rr / d.G, h = g * d.G + rr % d.G;
+      s_qoff[tid] = ((b * d.M + m) * d.H + h) * d.D;
+      s_poff[tid] = h * d.M + m;
+    } else {
+      s_qoff[tid] = -1;
+      s_poff[tid] = 0;
+    }
+  }
+  acc_t acc[kRows][kCols];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r)
+#pragma unroll
+    for (int i = 0; i < kCols; ++i) acc[r][i] = acc_t(0);
+  __syncthreads();
+
+  for (int64_t t0 = j_begin; t0 < j_end; t0 += kTileKeys) {
+    const int nk = static_cast<int>(imin(kTileKeys, j_end - t0));
+    // scores: warp w takes keys w, w + 4, ...; lanes split the head dim
+    for (int kk = warp; kk < kTileKeys; kk += kWarps) {
+      acc_t dot[kRows];
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) dot[r] = acc_t(0);
+      if (kk < nk) {
+        const scalar_t* krow = k + (t0 + kk) * d.k_s0 + g * d.k_s1;
+        for (int64_t e = lane; e < d.D; e += 32) {
+          const acc_t kv = static_cast<acc_t>(krow[e]);
+#pragma unroll
+          for (int r = 0; r < kRows; ++r)
+            if (r < nrows) dot[r] += static_cast<acc_t>(q[s_qoff[r] + e]) * kv;
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {
+        const acc_t s = warp_sum(dot[r]) * static_cast<acc_t>(d.scale);
+        if (lane == 0) {
+          const bool valid = kk < nk && r < nrows;
+          s_tile[r][kk] = valid ? s : neg_inf<acc_t>();
+          if (kProbs && valid && lead_tile) probs[(t0 + kk) * d.H * d.M + s_poff[r]] = s;
+        }
+      }
+    }
+    __syncthreads();
+    // (1) online softmax, one thread per row
+    if (tid < kRows) {
+      acc_t bmax = neg_inf<acc_t>();
+      for (int kk = 0; kk < nk; ++kk) bmax = s_tile[tid][kk] > bmax ? s_tile[tid][kk] : bmax;
+      acc_t m = s_m[tid], l = s_l[tid];
+      const acc_t alpha = online_rescale(m, l, bmax);
+      acc_t sum = 0;
+      for (int kk = 0; kk < kTileKeys; ++kk) {
+        const acc_t p = (kk < nk && m != neg_inf<acc_t>()) ? exp_fast(s_tile[tid][kk] - m) : acc_t(0);
+        s_tile[tid][kk] = p;
+        sum += p;
+      }
+      s_m[tid] = m;
+      s_l[tid] = l + sum;
+      s_alpha[tid] = alpha;
+    }
+    __syncthreads();
+    // O = alpha O + P V on this thread's columns
+#pragma unroll
+    for (int i = 0; i < kCols; ++i) {
+      const int64_t c = c0 + tid + static_cast<int64_t>(i) * kThreads;
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) acc[r][i] *= s_alpha[r];
+      if (c < d.Dv) {
+        for (int kk = 0; kk < nk; ++kk) {
+          const acc_t vv = static_cast<acc_t>(v[(t0 + kk) * d.v_s0 + g * d.v_s1 + c]);
+#pragma unroll
+          for (int r = 0; r < kRows; ++r) acc[r][i] += s_tile[r][kk] * vv;
+        }
+      }
+    }
+    __syncthreads();  // s_tile is rewritten by the next tile
+  }
+
+  // this split's normalised output and lse
+  for (int r = 0; r < nrows; ++r) {
+    const int64_t row = ((b * d.Hkv + g) * d.R + r0 + r) * d.n_splits + split;
+    const acc_t inv = state_inv_sum(s_l[r]);
+#pragma unroll
+    for (int i = 0; i < kCols; ++i) {
+      const int64_t c = c0 + tid + static_cast<int64_t>(i) * kThreads;
+      if (c < d.Dv) part_o[row * d.Dv + c] = acc[r][i] * inv;
+    }
+    if (lead_tile && tid == 0) part_lse[row] = state_lse(s_m[r], s_l[r]);
+  }
+}
+
+// (2) merge the splits of one (slide, query, head) row
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+combine_kernel(const acc_t* __restrict__ part_o, const acc_t* __restrict__ part_lse, scalar_t* __restrict__ out,
+               acc_t* __restrict__ lse, Dims d) {
+  const int64_t x = blockIdx.x;  // (b, m, h) in lse's layout
+  const int64_t b = x / (d.M * d.H), m = (x / d.H) % d.M, h = x % d.H;
+  const int64_t g = h / d.G, r = m * d.G + h % d.G;
+  const int64_t row = ((b * d.Hkv + g) * d.R + r) * d.n_splits;
+  const acc_t total = merge_lse(part_lse + row, d.n_splits, 1);
+  for (int64_t c = threadIdx.x; c < d.Dv; c += blockDim.x) {
+    acc_t o = 0;
+    for (int64_t s = 0; s < d.n_splits; ++s) o += merge_weight(part_lse[row + s], total) * part_o[(row + s) * d.Dv + c];
+    out[x * d.Dv + c] = static_cast<scalar_t>(o);
+  }
+  if (threadIdx.x == 0) lse[x] = total;
+}
+
+// probs [N, H, M]: raw score -> exp(score - lse)
+template <typename acc_t>
+__global__ void normalise_kernel(acc_t* __restrict__ probs, const acc_t* __restrict__ lse,
+                                 const int32_t* __restrict__ cu, Dims d) {
+  const int64_t HM = d.H * d.M, total = d.N * HM;
+  for (int64_t x = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; x < total;
+       x += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t j = x / HM, h = (x % HM) / d.M, m = x % d.M;
+    const int64_t b = slide_of(cu, d.B, j);
+    probs[x] = prob_of(probs[x], lse[(b * d.M + m) * d.H + h]);
+  }
+}
+
+Dims make_dims(const Problem& p, const at::Tensor& k, const at::Tensor& v) {
+  Dims d{};
+  d.B = p.B, d.M = p.M, d.H = p.H, d.Hkv = p.Hkv, d.G = p.G, d.R = p.R, d.D = p.D, d.Dv = p.Dv, d.N = p.N;
+  d.k_s0 = k.stride(0), d.k_s1 = k.stride(1), d.v_s0 = v.stride(0), d.v_s1 = v.stride(1);
+  d.scale = p.scale;
+  return d;
+}
+
+int64_t longest_bag(const at::Tensor& cu_seqlens, int64_t max_seqlen) {
+  if (max_seqlen > 0) return max_seqlen;
+  if (cu_seqlens.size(0) <= 1) return 0;
+  const at::Tensor n = cu_seqlens.slice(0, 1) - cu_seqlens.slice(0, 0, -1);
+  return n.max().item<int64_t>();  // one device -> host copy when the caller did not say
+}
+
+int num_sms(const at::Device& dev) {
+  int sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev.index()));
+  return std::max(sms, 1);
+}
+
+template <typename scalar_t, int kCols>
+void launch_split(bool probs, dim3 grid, cudaStream_t stream, const scalar_t* q, const scalar_t* k,
+                  const scalar_t* v, const int32_t* cu, at::opmath_type<scalar_t>* po,
+                  at::opmath_type<scalar_t>* pl, at::opmath_type<scalar_t>* pr, const Dims& d) {
+  using acc_t = at::opmath_type<scalar_t>;
+  if (probs) split_kernel<scalar_t, acc_t, kCols, true><<<grid, kThreads, 0, stream>>>(q, k, v, cu, po, pl, pr, d);
+  else split_kernel<scalar_t, acc_t, kCols, false><<<grid, kThreads, 0, stream>>>(q, k, v, cu, po, pl, pr, d);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> coattention_cuda(const at::Tensor& q_in, const at::Tensor& k_in,
+                                                                const at::Tensor& v_in, const at::Tensor& cu_seqlens,
+                                                                int64_t max_seqlen, double scale, bool return_probs) {
+  const Problem p = check_forward(q_in, k_in, v_in, cu_seqlens, scale, return_probs);
+  TORCH_CHECK(q_in.is_cuda(), "coattention: CUDA kernel got a ", q_in.device(), " tensor");
+  const c10::cuda::CUDAGuard guard(q_in.device());
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  const at::Tensor q = q_in.contiguous();
+  const at::Tensor k = last_dim_contiguous(k_in);
+  const at::Tensor v = p.k_is_v ? k : last_dim_contiguous(v_in);
+  const at::Tensor cu = cu_seqlens.contiguous();
+  const auto st = stats_dtype(q.scalar_type());
+  at::Tensor out = at::empty({p.B, p.M, p.H, p.Dv}, q.options());
+  at::Tensor lse = at::empty({p.B, p.M, p.H}, q.options().dtype(st));
+  at::Tensor probs = at::empty({return_probs ? p.N : 0, p.H, p.M}, q.options().dtype(st));
+  if (p.B == 0) return {out, lse, probs};
+
+  Dims d = make_dims(p, k, v);
+  const int kCols = p.Dv > 2 * kThreads ? 4 : (p.Dv > kThreads ? 2 : 1);
+  d.row_tiles = (p.R + kRows - 1) / kRows;
+  d.col_tiles = (p.Dv + kThreads * kCols - 1) / (kThreads * kCols);
+  const int64_t ctas = p.Hkv * d.row_tiles * d.col_tiles;
+  TORCH_CHECK(ctas <= 65535 && p.B <= 65535, "coattention: too many heads, rows or slides for one launch");
+  // flash-decoding's rule of thumb: at least two waves of CTAs, splits of at least 64 keys
+  const int64_t longest = std::max<int64_t>(longest_bag(cu, max_seqlen), 1);
+  const int64_t want = (2 * num_sms(q.device()) + p.B * ctas - 1) / (p.B * ctas);
+  d.n_splits = std::clamp<int64_t>(want, 1, std::min<int64_t>(64, (longest + 63) / 64));
+  d.split_len = (longest + d.n_splits - 1) / d.n_splits;
+
+  const auto acc_opts = q.options().dtype(st);
+  at::Tensor part_o = at::empty({p.B * p.Hkv * p.R * d.n_splits, p.Dv}, acc_opts);
+  at::Tensor part_lse = at::empty({p.B * p.Hkv * p.R * d.n_splits}, acc_opts);
+  const dim3 grid(static_cast<unsigned>(d.n_splits), static_cast<unsigned>(ctas), static_cast<unsigned>(p.B));
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "coattention_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* qp = q.const_data_ptr<scalar_t>();
+    const scalar_t* kp = k.const_data_ptr<scalar_t>();
+    const scalar_t* vp = v.const_data_ptr<scalar_t>();
+    const int32_t* cp = cu.const_data_ptr<int32_t>();
+    acc_t* po = part_o.mutable_data_ptr<acc_t>();
+    acc_t* pl = part_lse.mutable_data_ptr<acc_t>();
+    acc_t* pr = return_probs ? probs.mutable_data_ptr<acc_t>() : nullptr;
+    if (kCols == 4) launch_split<scalar_t, 4>(return_probs, grid, stream, qp, kp, vp, cp, po, pl, pr, d);
+    else if (kCols == 2) launch_split<scalar_t, 2>(return_probs, grid, stream, qp, kp, vp, cp, po, pl, pr, d);
+    else launch_split<scalar_t, 1>(return_probs, grid, stream, qp, kp, vp, cp, po, pl, pr, d);
+
+    combine_kernel<scalar_t, acc_t><<<static_cast<unsigned>(p.B * p.M * p.H), kThreads, 0, stream>>>(
+        po, pl, out.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<acc_t>(), d);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (return_probs && p.N > 0) {
+      const int64_t total = p.N * p.H * p.M;
+      const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, 65535));
+      normalise_kernel<acc_t><<<blocks, 256, 0, stream>>>(pr, lse.const_data_ptr<acc_t>(), cp, d);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+  return {out, lse, probs};
+}
+
+// ---- backward -----------------------------------------------------------------------------
+
+template <typename T>
+__device__ __forceinline__ T block_sum(T v, T* shared /* [kWarps] */) {
+  v = warp_sum(v);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  __syncthreads();
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  T total = 0;
+  for (int w = 0; w < kWarps; ++w) total += shared[w];
+  return total;
+}
+
+// (3) delta = <dO, o> + sum_j p_j gP_j - g_lse, one CTA per (b, m, h)
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+delta_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ out,
+             const acc_t* __restrict__ grad_lse, const acc_t* __restrict__ probs,
+             const acc_t* __restrict__ grad_probs, const int32_t* __restrict__ cu, acc_t* __restrict__ delta,
+             Dims d) {
+  __shared__ acc_t red[kWarps];
+  const int64_t x = blockIdx.x;
+  const int64_t b = x / (d.M * d.H), m = (x / d.H) % d.M, h = x % d.H;
+  acc_t part = 0;
+  if (grad_out != nullptr)
+    for (int64_t c = threadIdx.x; c < d.Dv; c += blockDim.x)
+      part += static_cast<acc_t>(grad_out[x * d.Dv + c]) * static_cast<acc_t>(out[x * d.Dv + c]);
+  if (grad_probs != nullptr)
+    for (int64_t j = cu[b] + threadIdx.x; j < cu[b + 1]; j += blockDim.x) {
+      const int64_t at = (j * d.H + h) * d.M + m;
+      part += probs[at] * grad_probs[at];
+    }
+  const acc_t total = block_sum(part, red);
+  if (threadIdx.x == 0) delta[x] = total - (grad_lse != nullptr ? grad_lse[x] : acc_t(0));
+}
+
+// (3) one warp per (key j, KV head g): p and dS of every row sharing g (into scratch [N, H, M]),
+// then dk_j = sum_r dS_rj (scale q_r) and dv_j = sum_r p_rj dO_r.
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+key_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k, const scalar_t* __restrict__ v,
+           const scalar_t* __restrict__ grad_out, const acc_t* __restrict__ grad_probs,
+           const acc_t* __restrict__ lse, const acc_t* __restrict__ delta, const int32_t* __restrict__ cu,
+           acc_t* __restrict__ p_scratch, acc_t* __restrict__ ds_scratch, acc_t* __restrict__ grad_k,
+           acc_t* __restrict__ grad_v, Dims d) {
+  const int64_t item = blockIdx.x * static_cast<int64_t>(kWarps) + threadIdx.x / 32;
+  if (item >= d.N * d.Hkv) return;
+  const int lane = threadIdx.x % 32;
+  const int64_t j = item / d.Hkv, g = item % d.Hkv;
+  const int64_t b = slide_of(cu, d.B, j);
+  const scalar_t* krow = k + j * d.k_s0 + g * d.k_s1;
+  const scalar_t* vrow = v + j * d.v_s0 + g * d.v_s1;
+  const acc_t scale = static_cast<acc_t>(d.scale);
+  for (int64_t r = 0; r < d.R; ++r) {
+    const int64_t m = r / d.G, h = g * d.G + r % d.G, x = (b * d.M + m) * d.H + h;
+    acc_t s = 0, dp = 0;
+    for (int64_t e = lane; e < d.D; e += 32) s += static_cast<acc_t>(q[x * d.D + e]) * static_cast<acc_t>(krow[e]);
+    if (grad_out != nullptr)
+      for (int64_t e = lane; e < d.Dv; e += 32)
+        dp += static_cast<acc_t>(grad_out[x * d.Dv + e]) * static_cast<acc_t>(vrow[e]);
+    s = warp_sum(s) * scale;
+    dp = warp_sum(dp);
+    const int64_t at = (j * d.H + h) * d.M + m;
+    if (grad_probs != nullptr) dp += grad_probs[at];
+    const acc_t pj = prob_of(s, lse[x]);
+    if (lane == 0) {
+      p_scratch[at] = pj;
+      ds_scratch[at] = grad_score(pj, dp, delta[x]);
+    }
+  }
+  __syncwarp();
+  if (grad_k != nullptr) {
+    for (int64_t e = lane; e < d.D; e += 32) {
+      acc_t a = 0;
+      for (int64_t r = 0; r < d.R; ++r) {
+        const int64_t m = r / d.G, h = g * d.G + r % d.G, x = (b * d.M + m) * d.H + h;
+        a += ds_scratch[(j * d.H + h) * d.M + m] * static_cast<acc_t>(q[x * d.D + e]);
+      }
+      grad_k[(j * d.Hkv + g) * d.D + e] = a * scale;
+    }
+  }
+  if (grad_v != nullptr && grad_out != nullptr) {
+    for (int64_t e = lane; e < d.Dv; e += 32) {
+      acc_t a = 0;
+      for (int64_t r = 0; r < d.R; ++r) {
+        const int64_t m = r / d.G, h = g * d.G + r % d.G, x = (b * d.M + m) * d.H + h;
+        a += p_scratch[(j * d.H + h) * d.M + m] * static_cast<acc_t>(grad_out[x * d.Dv + e]);
+      }
+      grad_v[(j * d.Hkv + g) * d.Dv + e] = a;
+    }
+  }
+}
+
+// (3) dq_row += scale sum_{j in split} dS_j k_j, one CTA per (row, split), atomics into fp32/fp64
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+dq_kernel(const scalar_t* __restrict__ k, const acc_t* __restrict__ ds_scratch, const int32_t* __restrict__ cu,
+          acc_t* __restrict__ grad_q, Dims d) {
+  const int64_t x = blockIdx.x, split = blockIdx.y;
+  const int64_t b = x / (d.M * d.H), m = (x / d.H) % d.M, h = x % d.H, g = h / d.G;
+  const int64_t n = static_cast<int64_t>(cu[b + 1]) - cu[b];
+  const int64_t j0 = cu[b] + split * d.split_len;
+  const int64_t j1 = cu[b] + (split == d.n_splits - 1 ? n : imin(n, (split + 1) * d.split_len));
+  if (j0 >= j1) return;
+  const acc_t scale = static_cast<acc_t>(d.scale);
+  for (int64_t e = threadIdx.x; e < d.D; e += blockDim.x) {
+    acc_t a = 0;
+    for (int64_t j = j0; j < j1; ++j)
+      a += ds_scratch[(j * d.H + h) * d.M + m] * static_cast<acc_t>(k[j * d.k_s0 + g * d.k_s1 + e]);
+    atomicAdd(grad_q + x * d.D + e, a * scale);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> coattention_backward_cuda(
+    const std::optional<at::Tensor>& grad_out, const std::optional<at::Tensor>& grad_lse,
+    const std::optional<at::Tensor>& grad_probs, const at::Tensor& q_in, const at::Tensor& k_in,
+    const at::Tensor& v_in, const at::Tensor& cu_seqlens, const at::Tensor& out, const at::Tensor& lse,
+    const std::optional<at::Tensor>& probs, int64_t max_seqlen, double scale, std::array<bool, 3> mask) {
+  const Problem p = check_forward(q_in, k_in, v_in, cu_seqlens, scale, false);
+  check_backward(p, q_in, grad_out, grad_lse, grad_probs, out, lse, probs);
+  TORCH_CHECK(q_in.is_cuda(), "coattention backward: CUDA kernel got a ", q_in.device(), " tensor");
+  const c10::cuda::CUDAGuard guard(q_in.device());
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  const at::Tensor q = q_in.contiguous();
+  const at::Tensor k = last_dim_contiguous(k_in);
+  const at::Tensor v = p.k_is_v ? k : last_dim_contiguous(v_in);
+  const at::Tensor cu = cu_seqlens.contiguous();
+  const auto st = stats_dtype(q.scalar_type());
+  const auto acc_opts = q.options().dtype(st);
+  at::Tensor gq = mask[0] ? at::zeros({p.B, p.M, p.H, p.D}, acc_opts) : at::empty({0}, q.options());
+  at::Tensor gk = mask[1] ? at::empty({p.N, p.Hkv, p.D}, acc_opts) : at::empty({0}, q.options());
+  at::Tensor gv = mask[2] ? at::zeros({p.N, p.Hkv, p.Dv}, acc_opts) : at::empty({0}, q.options());
+  if (p.B == 0 || !(mask[0] || mask[1] || mask[2])) return {gq, gk, gv};
+
+  const at::Tensor go = grad_out.has_value() ? grad_out->contiguous() : at::Tensor();
+  const at::Tensor gl = grad_lse.has_value() ? grad_lse->contiguous() : at::Tensor();
+  const at::Tensor gp = grad_probs.has_value() ? grad_probs->contiguous() : at::Tensor();
+  const at::Tensor pr = grad_probs.has_value() ? probs->contiguous() : at::Tensor();
+  const at::Tensor o = out.contiguous();
+  const at::Tensor l = lse.contiguous();
+  at::Tensor delta = at::empty({p.B, p.M, p.H}, acc_opts);
+  at::Tensor p_scratch = at::empty({p.N, p.H, p.M}, acc_opts);
+  at::Tensor ds_scratch = at::empty({p.N, p.H, p.M}, acc_opts);
+
+  Dims d = make_dims(p, k, v);
+  const int64_t longest = std::max<int64_t>(longest_bag(cu, max_seqlen), 1);
+  d.n_splits = std::clamp<int64_t>((longest + 1023) / 1024, 1, 64);
+  d.split_len = (longest + d.n_splits - 1) / d.n_splits;
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "coattention_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* go_p = go.defined() ? go.const_data_ptr<scalar_t>() : nullptr;
+    const acc_t* gl_p = gl.defined() ? gl.const_data_ptr<acc_t>() : nullptr;
+    const acc_t* gp_p = gp.defined() ? gp.const_data_ptr<acc_t>() : nullptr;
+    const acc_t* pr_p = pr.defined() ? pr.const_data_ptr<acc_t>() : nullptr;
+    const int32_t* cp = cu.const_data_ptr<int32_t>();
+    delta_kernel<scalar_t, acc_t><<<static_cast<unsigned>(p.B * p.M * p.H), kThreads, 0, stream>>>(
+        go_p, o.const_data_ptr<scalar_t>(), gl_p, pr_p, gp_p, cp, delta.mutable_data_ptr<acc_t>(), d);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (p.N > 0) {
+      const int64_t warps = p.N * p.Hkv;
+      key_kernel<scalar_t, acc_t><<<static_cast<unsigned>((warps + kWarps - 1) / kWarps), kThreads, 0, stream>>>(
+          q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(), go_p, gp_p,
+          l.const_data_ptr<acc_t>(), delta.const_data_ptr<acc_t>(), cp, p_scratch.mutable_data_ptr<acc_t>(),
+          ds_scratch.mutable_data_ptr<acc_t>(), mask[1] ? gk.mutable_data_ptr<acc_t>() : nullptr,
+          mask[2] ? gv.mutable_data_ptr<acc_t>() : nullptr, d);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      if (mask[0]) {
+        const dim3 grid(static_cast<unsigned>(p.B * p.M * p.H), static_cast<unsigned>(d.n_splits));
+        dq_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(
+            k.const_data_ptr<scalar_t>(), ds_scratch.const_data_ptr<acc_t>(), cp, gq.mutable_data_ptr<acc_t>(), d);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+    }
+  });
+  if (mask[0]) gq = gq.to(q.scalar_type());
+  if (mask[1] && gk.scalar_type() != q.scalar_type()) gk = gk.to(q.scalar_type());
+  if (mask[2] && gv.scalar_type() != q.scalar_type()) gv = gv.to(q.scalar_type());
+  return {gq, gk, gv};
+}
+
+}  // namespace
+}  // namespace coattn
+}  // namespace pathgen
+
+TORCH_LIBRARY_IMPL(pathgen, CUDA, m) {
+  m.impl("coattention", &pathgen::coattn::coattention_cuda);
+  m.impl("_coattention_backward", &pathgen::coattn::coattention_backward_cuda);
+}
