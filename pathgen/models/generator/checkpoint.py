@@ -1,0 +1,71 @@
+"""Generator checkpoints: weights + everything needed to use them (config, families, transform,
+the split it was trained on, versions), written atomically."""
+from __future__ import annotations
+
+import copy
+import platform
+from pathlib import Path
+
+import torch
+
+from pathgen.data.families import GeneFamilies
+from pathgen.data.transforms import ExpressionTransform
+from pathgen.models.generator.config import GeneratorConfig
+from pathgen.models.generator.model import PathGenDenoiser
+from pathgen.utils.io import atomic_path
+
+
+class EMA:
+    """Exponential moving average of a model's parameters (and buffers), for sampling."""
+
+    def __init__(self, model: torch.nn.Module, decay: float = 0.995):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for e, p in zip(self.model.parameters(), model.parameters()):
+            e.lerp_(p.detach(), 1.0 - self.decay)
+        for e, b in zip(self.model.buffers(), model.buffers()):
+            e.copy_(b)
+
+
+def versions() -> dict:
+    import pathgen
+
+    return {"pathgen": pathgen.__version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def save_checkpoint(path: Path, *, model_state: dict, config: GeneratorConfig, families: GeneFamilies,
+                    transform: ExpressionTransform, extra: dict | None = None) -> None:
+    payload = {
+        "kind": "pathgen.generator",
+        "config": config.to_dict(),
+        "families": families.to_dict(),
+        "transform": transform.state_dict(),
+        "model": model_state,
+        "versions": versions(),
+        **(extra or {}),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no generator checkpoint here (train one with `pathgen train-generator`)")
+    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != "pathgen.generator":
+        raise ValueError(f"{path}: not a pathgen generator checkpoint")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict, device="cpu") -> tuple[PathGenDenoiser, GeneFamilies, ExpressionTransform]:
+    cfg = GeneratorConfig.from_dict(ckpt["config"])
+    model = PathGenDenoiser(cfg)
+    model.load_state_dict(ckpt["model"])
+    model.to(device).eval()
+    return model, GeneFamilies.from_dict(ckpt["families"]), ExpressionTransform.from_state_dict(ckpt["transform"])

@@ -1,0 +1,195 @@
+"""Generator: shapes, determinism, sampler vs twin, overfit, checkpoint round-trip and resume,
+synthesize + evaluate outputs."""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import pathgen.models.generator.diffusion as gen_diffusion
+from pathgen.diffusion import NoiseSchedule
+from pathgen.models.generator import PathGenDenoiser, make_config, sample, training_loss
+from pathgen.models.generator.checkpoint import load_checkpoint, model_from_checkpoint
+from pathgen.ops import denoise_step
+from pathgen.pipelines.cohort import load_cohort
+from pathgen.pipelines.evaluate_generator import evaluate_generator
+from pathgen.pipelines.synthesize import synthesize
+from pathgen.pipelines.train_generator import TrainOptions, train_generator
+from tests.models.cohort_fixture import make_tiny_cohort
+
+SIZES = (5, 8)
+
+
+def _model(**kw):
+    cfg = make_config("small", ["a", "b"], SIZES, patch_dim=12, d_model=32, n_heads=4, ctx_dim=16,
+                      encoder_hidden=(32,), decoder_hidden=(32,), time_dim=16, **kw)
+    return PathGenDenoiser(cfg)
+
+
+def _ctx(model, lengths=(7, 0, 13), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.randn(sum(lengths), 12, generator=g)
+    cu = torch.tensor([0, *np.cumsum(lengths)], dtype=torch.int32)
+    return model.encode_context(feats, cu)
+
+
+def test_forward_shapes_and_attention_maps():
+    torch.manual_seed(0)
+    model = _model().eval()
+    ctx = _ctx(model)
+    K = 2
+    x = torch.randn(3 * K, sum(SIZES))
+    t = torch.randint(0, 1000, (3 * K,))
+    out, maps = model(x, t, ctx, samples_per_bag=K, need_weights=True)
+    assert out.shape == (6, 13)
+    assert len(maps) == model.cfg.n_blocks
+    assert maps[0].shape == (20, 4, K * 2)  # [total_n, H, K * F]
+    # probabilities over each slide's patches sum to one (the empty bag has none)
+    s = maps[0][:7].sum(0)
+    torch.testing.assert_close(s, torch.ones_like(s), atol=1e-5, rtol=0)
+    # families get different context: the learnable family embeddings break the published symmetry
+    assert not torch.allclose(maps[0][:7, :, 0], maps[0][:7, :, 1])
+
+
+def test_condition_dropout_and_unconditional_branch():
+    torch.manual_seed(0)
+    model = _model().eval()
+    for p in model.parameters():  # make every gate non-zero so the context matters
+        torch.nn.init.normal_(p, std=0.2)
+    ctx = _ctx(model)
+    x = torch.randn(3, 13)
+    t = torch.tensor([5, 500, 900])
+    full = model(x, t, ctx)
+    dropped = model(x, t, ctx, cond=torch.tensor([False, False, False]))
+    uncond = model(x, t, None)
+    torch.testing.assert_close(dropped, uncond)
+    assert not torch.allclose(full, uncond)
+
+
+def test_sampler_is_deterministic_and_matches_twin(monkeypatch):
+    torch.manual_seed(0)
+    model = _model(clip_sample=(-1.0, 1.0)).eval()
+    sched = NoiseSchedule()
+    ctx = _ctx(model)
+    run = lambda: sample(model, sched, ctx, samples_per_bag=3, steps=8, generator=torch.Generator().manual_seed(1))  # noqa: E731
+    a, b = run(), run()
+    assert a.shape == (3, 3, 13)
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+    monkeypatch.setattr(gen_diffusion, "denoise_step", functools.partial(denoise_step, backend="reference"))
+    ref = run()
+    torch.testing.assert_close(a, ref, atol=1e-4, rtol=1e-4)
+    # DDPM mode and guidance run through the same fused step
+    c = sample(model, sched, ctx, samples_per_bag=1, steps=5, mode="ddpm", guidance_scale=2.0,
+               generator=torch.Generator().manual_seed(2))
+    assert torch.isfinite(c).all() and c.shape == (3, 1, 13)
+
+
+def test_loss_decreases_on_tiny_overfit():
+    torch.manual_seed(0)
+    model = _model(dropout=0.0, cond_dropout=0.0)
+    sched = NoiseSchedule()
+    ctx = _ctx(model, lengths=(5, 9, 4, 6))
+    x0 = torch.rand(4, 13) * 2 - 1
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+
+    def eval_loss():
+        gg = torch.Generator().manual_seed(123)
+        with torch.no_grad():
+            return float(np.mean([float(training_loss(model, sched, x0, model.encode_context(
+                ctx_feats, ctx.cu_seqlens), generator=gg)) for _ in range(8)]))
+
+    ctx_feats = torch.randn(24, 12, generator=torch.Generator().manual_seed(3))
+    before = eval_loss()
+    for _ in range(150):
+        c = model.encode_context(ctx_feats, ctx.cu_seqlens)
+        loss = training_loss(model, sched, x0, c, generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = eval_loss()
+    assert after < 0.6 * before, (before, after)
+
+
+def _args(paths, out, **kw):
+    ns = argparse.Namespace(manifest=paths["manifest"], expression=paths["expression"],
+                            signatures=paths["signatures"], features=paths["features"], splits=None,
+                            n_folds=4, seed=0)
+    for k, v in kw.items():
+        setattr(ns, k, v)
+    return ns
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cohort")
+    paths = make_tiny_cohort(root)
+    run = root / "run"
+    cohort = load_cohort(_args(paths, run), write_splits=run / "splits.json")
+    opts = TrainOptions(epochs=3, batch_size=4, val_steps=3, max_patches=16, seed=0,
+                        overrides=dict(d_model=32, n_heads=4, ctx_dim=16, encoder_hidden=(32,),
+                                       decoder_hidden=(32,), time_dim=16))
+    summary = train_generator(cohort, 0, run, opts, progress=False)
+    return paths, run, cohort, opts, summary
+
+
+def test_checkpoint_round_trip_and_resume(trained):
+    paths, run, cohort, opts, summary = trained
+    assert summary["epochs_run"] == 3
+    ckpt = load_checkpoint(run / "generator.pt")
+    model, fam, transform = model_from_checkpoint(ckpt)
+    assert fam.sizes == (5, 8) and model.cfg.family_sizes == (5, 8)
+    assert set(ckpt["train_case_ids"]) <= set(cohort.fold(0).train)
+    # transform fitted on training patients only: refit on them reproduces it
+    from pathgen.data.transforms import ExpressionTransform
+    refit = ExpressionTransform.fit_on(cohort.expression.loc[:, fam.columns], ckpt["train_case_ids"], method="minmax")
+    np.testing.assert_allclose(refit.state_dict()["center"], transform.state_dict()["center"])
+    # same weights -> same outputs
+    again, _, _ = model_from_checkpoint(load_checkpoint(run / "generator.pt"))
+    x, t = torch.randn(2, 13), torch.tensor([3, 700])
+    ctx = model.encode_context(torch.randn(10, 12), torch.tensor([0, 4, 10], dtype=torch.int32))
+    torch.testing.assert_close(model(x, t, ctx), again(x, t, ctx))
+    # resume continues from last.pt instead of starting over
+    more = train_generator(cohort, 0, run, TrainOptions(**{**opts.__dict__, "epochs": 5}), resume=True, progress=False)
+    assert more["epochs_run"] == 5
+    log = pd.read_csv(run / "log.csv")
+    assert list(log["epoch"]) == [0, 1, 2, 3, 4]
+
+
+def test_synthesize_and_evaluate_outputs(trained, tmp_path):
+    paths, run, cohort, opts, summary = trained
+    fold = cohort.fold(0)
+    ids = fold.test
+    table = synthesize(run / "generator.pt", cohort, ids, tmp_path / "syn", samples=2, steps=4, seed=3,
+                       save_attention=True, progress=False)
+    again = synthesize(run / "generator.pt", cohort, ids, tmp_path / "syn2", samples=2, steps=4, seed=3,
+                       progress=False)
+    pd.testing.assert_frame_equal(table, again)
+    assert list(table.index) == ids
+    csv = pd.read_csv(tmp_path / "syn" / "synthesized.csv")
+    assert csv.columns[0] == "case_id" and "TS0_rnaseq" in csv.columns
+    assert csv.columns.is_unique  # TS0 sits in two families but is reported once
+    with h5py.File(tmp_path / "syn" / "samples.h5") as f:
+        assert f["samples"].shape == (len(ids), 2, 13)
+        assert json.loads(f.attrs["meta"])["families"]["sizes"] == [5, 8]
+    with h5py.File(tmp_path / "syn" / "attention" / f"{ids[0]}.h5") as f:
+        assert f["attention"].shape[0] == 3 and f["attention"].shape[2] == 2
+        assert f["coords"].shape == (f["attention"].shape[1], 2)
+    # synthesized values are in the input's units (inverse transform), within the training range
+    train = cohort.expression.loc[fold.train, cohort.families.columns]
+    lo, hi = train.min().to_numpy(), train.max().to_numpy()
+    vals = table.loc[:, cohort.families.columns].to_numpy()
+    assert (vals >= lo - 1e-6).all() and (vals <= hi + 1e-6).all()
+    m = evaluate_generator(cohort, table, fold.train, ids, tmp_path / "eval")
+    for key in ("spearman_gene_median", "spearman_pooled", "nmae"):
+        assert key in m["overall"]
+        for fam in cohort.families.names:
+            assert key in m["families"][fam]
+        assert key in m["baselines"]["ridge"]["overall"] and key in m["baselines"]["train_mean"]["overall"]
+    assert (tmp_path / "eval" / "metrics.json").exists() and (tmp_path / "eval" / "fidelity.png").exists()
