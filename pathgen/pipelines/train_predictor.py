@@ -1,0 +1,529 @@
+"""``pathgen train-predictor``: k-fold patient-level CV of a grade + survival predictor.
+
+For each fold: the expression transform and the survival bins are fitted on the fold's TRAINING
+patients, and the survival head starts at their discrete-time hazards; the model
+(``--model expression | slide | multimodal``) is trained on real expression with Adam, batches of
+packed bags, and early stopping on the VALIDATION part (its loss, or its C-index with
+``--selection c_index``); the best epoch's weights are checkpointed atomically
+(``fold_<k>/predictor.pt``) and used once on the test part. The test part is never looked at
+before the model is fixed.
+
+Splits: ``splits.json`` of an earlier job of the run (train / val / calibration / test), a folder of
+MCAT/PORPOISE ``splits_{k}.csv`` (columns train, val: MCAT's ``val`` is the held-out fold, so it
+becomes our TEST part and a validation part is carved from ``train``, stratified by grade and
+event), or fresh stratified folds. The resolved parts are written to ``<out>/splits.json`` so the
+generator and ``pathgen evaluate`` use the same patients.
+
+Outputs in ``--out``: ``metrics.json`` (per fold, mean and sd over folds of the C-index, IPCW
+C-index, integrated Brier score, grade AUC macro/micro, balanced accuracy, quadratic kappa,
+patient-bootstrap 95% CIs, and fold-averaged metrics over all test patients), ``predictions.csv``
+(one row per patient, fold and part: risk, survival curve ``surv_k``, grade probabilities
+``prob_<grade>``, labels, so ``pathgen evaluate`` and the conformal / fairness layers reuse them),
+``run.json`` (the inputs, to rebuild the cohort), ``splits.json``, and per fold ``predictor.pt``,
+``log.csv`` and ``summary.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import dataclasses
+import io
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from pathgen.data.bags import PatientBags, collate_bags
+from pathgen.data.splits import Fold, strata_labels
+from pathgen.data.survival import fit_survival_bins
+from pathgen.data.transforms import ExpressionTransform
+from pathgen.eval.metrics import c_index
+from pathgen.models.predictor.checkpoint import save_predictor, versions
+from pathgen.models.predictor.config import PredictorConfig
+from pathgen.models.predictor.factory import build_predictor, model_inputs
+from pathgen.models.predictor.layers import discrete_hazards
+from pathgen.models.predictor.output import PredictorOutput, predictor_loss
+from pathgen.pipelines.cohort import Cohort, add_cohort_arguments, load_cohort, save_splits
+from pathgen.pipelines.predictor_metrics import fold_metrics, mean_sd, pooled_bootstrap
+from pathgen.utils.io import atomic_path, atomic_write_text
+
+SELECTIONS = ("loss", "c_index")
+
+
+@dataclasses.dataclass
+class PredictorOptions:
+    """Training options (every one is a ``train-predictor`` flag of the same name)."""
+
+    model: str = "expression"
+    width: int = 64
+    dropout: float = 0.25
+    snn_depth: int = 2
+    coattn_heads: int = 1
+    transformer_heads: int = 4
+    transformer_layers: int = 1
+    n_bins: int = 4
+    grade_loss: str = "ce"
+    survival_weight: float = 0.3
+    alpha: float = 0.0
+    use_grade: bool = True
+    transform: str = "standardize"
+    epochs: int = 40
+    patience: int = 8
+    batch_size: int = 16
+    lr: float = 2e-4
+    weight_decay: float = 1e-5
+    selection: str = "loss"
+    inner_val_fraction: float = 0.15
+    max_patches: int | None = 512
+    eval_max_patches: int | None = 8192
+    n_boot: int = 1000
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {SELECTIONS}, not {self.selection!r}")
+        if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
+            raise ValueError("epochs, batch_size and patience must be >= 1")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------------------------
+# patients and parts
+# --------------------------------------------------------------------------------------------
+def carve_validation(train: Sequence[str], cases: pd.DataFrame, fraction: float, seed: int
+                     ) -> tuple[list[str], list[str]]:
+    """Split ``train`` into (train, val), ``val`` ~ ``fraction`` of it, stratified by grade and event."""
+    from sklearn.model_selection import train_test_split
+
+    ids = np.asarray(sorted(train), dtype=object)
+    if fraction <= 0 or len(ids) < 4:
+        return list(ids), []
+    known = cases.reindex(ids)
+    labels = strata_labels(known, ("grade", "event"), min_count=2)
+    n_val = max(2, int(round(fraction * len(ids))))
+    try:
+        tr, va = train_test_split(ids, test_size=n_val, stratify=labels, random_state=seed)
+    except ValueError:  # a stratum too small for the requested size
+        tr, va = train_test_split(ids, test_size=n_val, random_state=seed)
+    return sorted(tr), sorted(va)
+
+
+def resolve_folds(folds: Sequence[Fold], cases: pd.DataFrame, inner_val_fraction: float, seed: int) -> list[Fold]:
+    """Make every fold have a test part and a validation part disjoint from it.
+
+    Folds with a ``test`` part are kept as they are. MCAT/PORPOISE folds (``train``, ``val`` only,
+    where ``val`` is the held-out fold the results are reported on) become
+    ``test = val`` and ``val`` = a stratified ``inner_val_fraction`` of ``train``.
+    """
+    out = []
+    for f in folds:
+        if f.test:
+            out.append(f)
+            continue
+        tr, va = carve_validation(f.train, cases, inner_val_fraction, seed + f.k)
+        nf = Fold(f.k, tr, va, list(f.calibration), list(f.val))
+        nf.check_disjoint(f"fold {f.k}")
+        out.append(nf)
+    return out
+
+
+def usable_cases(cohort: Cohort, cfg_kind: str) -> set[str]:
+    """Patients that have what the model reads (expression and/or feature files) and survival labels."""
+    cases = cohort.manifest.cases()
+    ok = set(cases.index[cases["survival_months"].notna() & cases["censorship"].notna()].astype(str))
+    if cfg_kind in ("expression", "multimodal"):
+        ok &= set(map(str, cohort.expression.index))
+    if cfg_kind in ("slide", "multimodal"):
+        ok &= {c for c, paths in cohort.features.items() if paths}
+    return ok
+
+
+def fold_parts(fold: Fold, usable: set[str]) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """The fold's parts restricted to usable patients, and how many each part lost."""
+    parts, dropped = {}, {}
+    for name, ids in fold.parts().items():
+        parts[name] = [c for c in ids if c in usable]
+        dropped[name] = len(ids) - len(parts[name])
+    return parts, dropped
+
+
+def grade_categories(cohort: Cohort, use_grade: bool) -> list[str]:
+    """Grade classes of the cohort (lowest first), or [] when there is no usable grade."""
+    if not use_grade:
+        return []
+    cats = cohort.manifest.grade_categories
+    if len(cats) < 2:
+        return []
+    g = cohort.manifest.cases()["grade"]
+    return cats if g.notna().sum() >= 2 else []
+
+
+# --------------------------------------------------------------------------------------------
+# running a model
+# --------------------------------------------------------------------------------------------
+def make_loader(ds: PatientBags, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, collate_fn=collate_bags, generator=g,
+                      num_workers=0, drop_last=False)
+
+
+@torch.no_grad()
+def run_model(model: torch.nn.Module, cfg: PredictorConfig, loader: DataLoader, device: torch.device) -> dict:
+    """Eval-mode predictions for every patient of ``loader`` (concatenated in loader order).
+
+    Returns:
+        dict with ``out`` (``PredictorOutput`` of all patients, logits only), ``case_ids``,
+        ``survival_bin``, ``censorship``, ``grade``, ``survival_months``, ``n_patches``.
+    """
+    model.eval()
+    surv, grade, cases, n_patches = [], [], [], []
+    lab = {k: [] for k in ("survival_bin", "censorship", "grade", "survival_months")}
+    for batch in loader:
+        o = model(**model_inputs(batch, cfg, device))
+        surv.append(o.survival_logits.float().cpu())
+        if o.grade_logits is not None:
+            grade.append(o.grade_logits.float().cpu())
+        cases += batch["case_ids"]
+        n_patches += (batch["cu_seqlens"][1:] - batch["cu_seqlens"][:-1]).tolist()
+        for k in lab:
+            lab[k].append(batch[k])
+    out = PredictorOutput(torch.cat(surv), torch.cat(grade) if grade else None, {}, cfg.grade_loss)
+    return {"out": out, "case_ids": cases, "n_patches": n_patches, **{k: torch.cat(v) for k, v in lab.items()}}
+
+
+def validation_score(res: dict, cfg: PredictorConfig, selection: str) -> tuple[float, dict]:
+    """Score to MINIMISE on the validation part (loss, or -C-index) and the logged values."""
+    loss, parts = predictor_loss(res["out"], res["survival_bin"], res["censorship"], res["grade"], cfg)
+    log = {"val_loss": float(loss), "val_survival_nll": parts["survival"], "val_grade_loss": parts["grade"],
+           "val_c_index": float("nan")}
+    t = res["survival_months"].numpy().astype(float)
+    e = (1 - res["censorship"].numpy()).astype(int)
+    try:
+        log["val_c_index"] = c_index(t, e, res["out"].risk.numpy().astype(float))
+    except ValueError:
+        pass
+    if selection == "c_index" and math.isfinite(log["val_c_index"]):
+        return -log["val_c_index"], log
+    return float(loss), log
+
+
+def prediction_frame(res: dict, fold_k: int, part: str, input_mode: str, categories: Sequence[str],
+                     labels: pd.DataFrame) -> pd.DataFrame:
+    """One row per patient: ids, labels, risk, survival curve, grade probabilities."""
+    out: PredictorOutput = res["out"]
+    S = out.survival.numpy()
+    lab = labels.reindex(res["case_ids"])  # float64 labels (the batch carries float32 copies)
+    frame = pd.DataFrame({
+        "case_id": res["case_ids"], "fold": fold_k, "part": part, "input_mode": input_mode,
+        "survival_months": lab["survival_months"].to_numpy(float),
+        "censorship": lab["censorship"].to_numpy(float),
+        "survival_bin": res["survival_bin"].numpy(), "grade_index": res["grade"].numpy(),
+        "n_patches": res["n_patches"], "risk": out.risk.numpy().astype(float),
+    })
+    frame["grade"] = [categories[i] if 0 <= i < len(categories) else "" for i in frame["grade_index"]]
+    for k in range(S.shape[1]):
+        frame[f"surv_{k}"] = S[:, k]
+    P = out.grade_probs
+    if P is not None:
+        for j, c in enumerate(categories):
+            frame[f"prob_{c}"] = P[:, j].numpy()
+    for col in ("age", "is_female", "race"):
+        if col in lab.columns:
+            frame[col] = lab[col].to_numpy()
+    return frame
+
+
+# --------------------------------------------------------------------------------------------
+# one fold
+# --------------------------------------------------------------------------------------------
+def _write_log(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def train_fold(cohort: Cohort, fold: Fold, opts: PredictorOptions, out: Path, *, progress: bool = True
+               ) -> tuple[dict, pd.DataFrame]:
+    """Train one fold with validation-based early stopping; predict every part with the best weights.
+
+    Returns:
+        ``(summary, predictions)``: the fold summary (parts sizes, best epoch, log, metrics of the
+        test part) and the per-patient prediction frame of all parts.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(opts.seed)
+    device = resolve_device(opts.device)
+    parts, dropped = fold_parts(fold, usable_cases(cohort, opts.model))
+    if len(parts["train"]) < 4:
+        raise ValueError(f"fold {fold.k}: only {len(parts['train'])} usable training patients (dropped "
+                         f"{dropped['train']} without expression/feature files/survival)")
+    if not parts["test"]:
+        raise ValueError(f"fold {fold.k}: no usable test patients")
+    labels = cohort.manifest.cases()
+    labels.index = labels.index.astype(str)
+    categories = grade_categories(cohort, opts.use_grade)
+    fam = cohort.families
+    tr_lab = labels.loc[parts["train"]]
+    bins = fit_survival_bins(tr_lab["survival_months"].to_numpy(float), tr_lab["censorship"].to_numpy(float),
+                             n_bins=opts.n_bins)
+    uses_expr = opts.model in ("expression", "multimodal")
+    uses_slides = opts.model in ("slide", "multimodal")
+    transform = ExpressionTransform.fit_on(cohort.expression.loc[:, fam.columns], parts["train"],
+                                           method=opts.transform) if uses_expr else None
+
+    def dataset(ids: list[str], train: bool) -> PatientBags:
+        return PatientBags(ids, expression=cohort.expression if uses_expr else None, families=fam, labels=labels,
+                           features=cohort.features if uses_slides else None, transform=transform,
+                           survival_bins=bins, random_subsample=train,
+                           max_patches=opts.max_patches if train else opts.eval_max_patches)
+
+    datasets = {name: dataset(ids, name == "train") for name, ids in parts.items() if ids}
+    feature_dim = datasets["train"].feature_dim if uses_slides else 0
+    cfg = PredictorConfig(kind=opts.model, family_names=fam.names, family_sizes=fam.sizes, feature_dim=feature_dim,
+                          width=opts.width, n_bins=bins.n_bins, n_grades=len(categories), grade_loss=opts.grade_loss,
+                          survival_weight=opts.survival_weight, alpha=opts.alpha, dropout=opts.dropout,
+                          snn_depth=opts.snn_depth, coattn_heads=opts.coattn_heads,
+                          transformer_heads=opts.transformer_heads, transformer_layers=opts.transformer_layers)
+    model = build_predictor(cfg)
+    train_ds = datasets["train"]
+    model.heads.set_hazard_prior(discrete_hazards(train_ds.survival_bin, train_ds.censorship, bins.n_bins))
+    model = model.to(device)
+    optim = torch.optim.Adam(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    train_loader = make_loader(datasets["train"], opts.batch_size, True, opts.seed)
+    val_loader = make_loader(datasets["val"], opts.batch_size, False, opts.seed) if "val" in datasets else None
+    ckpt_path = out / "predictor.pt"
+    extra = {"fold": fold.to_dict(), "fold_k": fold.k, "parts": parts, "options": dataclasses.asdict(opts)}
+    best, best_epoch, best_state, bad, log = math.inf, -1, None, 0, []
+    bar = tqdm(range(opts.epochs), desc=f"{opts.model} fold {fold.k}", disable=not progress, leave=False)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        model.train()
+        losses = []
+        for batch in train_loader:
+            o = model(**model_inputs(batch, cfg, device))
+            loss, _ = predictor_loss(o, batch["survival_bin"], batch["censorship"], batch["grade"], cfg)
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+            losses.append(float(loss.detach()))
+        row = {"epoch": epoch, "train_loss": float(np.mean(losses))}
+        if val_loader is not None:
+            score, vlog = validation_score(run_model(model, cfg, val_loader, device), cfg, opts.selection)
+        else:  # no validation patients: keep the last epoch (stated in the summary)
+            score, vlog = -float(epoch), {}
+        row.update(vlog)
+        row["seconds"] = round(time.perf_counter() - t0, 3)
+        log.append(row)
+        if score < best:
+            best, best_epoch, bad = score, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+            save_predictor(ckpt_path, model_state=best_state, config=cfg, families=fam if uses_expr else None,
+                           transform=transform, bins=bins, grade_categories=categories,
+                           extra={**extra, "epoch": epoch, "val": vlog})
+        else:
+            bad += 1
+        _write_log(out / "log.csv", log)
+        bar.set_postfix(loss=f"{row['train_loss']:.3f}", val=f"{score:.3f}", best_epoch=best_epoch)
+        if bad >= opts.patience:
+            break
+    bar.close()
+    model.load_state_dict(best_state)
+    input_mode = "real" if uses_expr else "none"
+    frames = []
+    for name, ds in datasets.items():
+        res = run_model(model, cfg, make_loader(ds, opts.batch_size, False, opts.seed), device)
+        frames.append(prediction_frame(res, fold.k, name, input_mode, categories, labels))
+    preds = pd.concat(frames, ignore_index=True)
+    test = preds[preds["part"] == "test"]
+    metrics = fold_metrics(test, preds[preds["part"] == "train"], bins.edges, categories, n_boot=opts.n_boot,
+                           seed=opts.seed)
+    summary = {"fold": fold.k, **{f"n_{k}": len(v) for k, v in parts.items()}, "dropped": dropped,
+               "best_epoch": best_epoch, "epochs_run": len(log), "selection": opts.selection if val_loader else
+               "last epoch (no validation patients)", "best_val_score": best,
+               "best_val": next((r for r in log if r["epoch"] == best_epoch), None), "survival_bins": bins.to_dict(),
+               "checkpoint": str(ckpt_path), **metrics, "log": log}
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=_json_default))
+    return summary, preds
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _clean(o):
+    """NaN/inf -> None recursively (strict JSON)."""
+    if isinstance(o, dict):
+        return {k: _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    return o
+
+
+# --------------------------------------------------------------------------------------------
+# cross-validation
+# --------------------------------------------------------------------------------------------
+def train_predictor_cv(cohort: Cohort, opts: PredictorOptions, out: Path, *, folds: Sequence[int] | None = None,
+                       inputs: dict | None = None, progress: bool = True) -> dict:
+    """Run the k-fold CV and write the run folder (see module docstring).
+
+    Args:
+        cohort: the cohort (its folds are resolved with ``resolve_folds`` first).
+        opts: training options.
+        out: run folder.
+        folds: fold indices to run (default: all).
+        inputs: how the cohort was loaded (paths), stored in ``run.json`` for ``pathgen evaluate``.
+
+    Returns:
+        The ``metrics.json`` content.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cases = cohort.manifest.cases()
+    cases.index = cases.index.astype(str)
+    resolved = resolve_folds(cohort.folds, cases, opts.inner_val_fraction, opts.seed)
+    save_splits(out / "splits.json", resolved)
+    cohort = dataclasses.replace(cohort, folds=resolved)
+    todo = [f for f in resolved if folds is None or f.k in set(folds)]
+    if not todo:
+        raise ValueError(f"none of folds {list(folds or [])} is in the splits (have {[f.k for f in resolved]})")
+    categories = grade_categories(cohort, opts.use_grade)
+    atomic_write_text(out / "run.json", json.dumps(_clean({
+        "model": opts.model, "inputs": inputs or {}, "options": dataclasses.asdict(opts),
+        "grade_categories": categories, "folds": [f.k for f in todo], "versions": versions()}), indent=2))
+    summaries, frames = [], []
+    t0 = time.perf_counter()
+    for f in tqdm(todo, desc=f"train-predictor {opts.model}", disable=not progress):
+        s, p = train_fold(cohort, f, opts, out / f"fold_{f.k}", progress=progress)
+        summaries.append(s)
+        frames.append(p)
+    preds = pd.concat(frames, ignore_index=True)
+    with atomic_path(out / "predictions.csv") as tmp:
+        preds.to_csv(tmp, index=False)
+    fold_rows = [{k: v for k, v in s.items() if k != "log"} for s in summaries]
+    mean, sd = mean_sd(fold_rows)
+    tests = preds[preds["part"] == "test"]
+    metrics = {
+        "model": opts.model, "n_folds": len(todo), "grade_categories": categories,
+        "n_patients_tested": int(tests["case_id"].nunique()),
+        "folds": fold_rows, "mean": mean, "sd": sd,
+        "fold_averaged_bootstrap": pooled_bootstrap(tests, categories, n_boot=opts.n_boot, seed=opts.seed),
+        "selection": f"validation {opts.selection}; the test part is used once, after selection",
+        "seconds": round(time.perf_counter() - t0, 1), "options": dataclasses.asdict(opts),
+        "files": {"predictions": "predictions.csv", "splits": "splits.json",
+                  "checkpoints": [f"fold_{f.k}/predictor.pt" for f in todo]},
+        "versions": versions(),
+    }
+    metrics = _clean(json.loads(json.dumps(metrics, default=_json_default)))
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    return metrics
+
+
+def format_summary(metrics: dict) -> str:
+    m, s = metrics["mean"], metrics["sd"]
+    lines = [f"{metrics['model']} predictor, {metrics['n_folds']} folds, {metrics['n_patients_tested']} test patients"]
+    for k in ("c_index", "c_index_ipcw", "ibs", "grade_auc_macro", "grade_auc_micro", "balanced_accuracy",
+              "kappa_quadratic"):
+        if m.get(k) is not None:
+            sd = f" +- {s[k]:.3f}" if s.get(k) is not None else ""
+            per = ", ".join("-" if f.get(k) is None else f"{f[k]:.3f}" for f in metrics["folds"])
+            lines.append(f"  {k:<18} {m[k]:.3f}{sd}   folds: {per}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# command line
+# --------------------------------------------------------------------------------------------
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_cohort_arguments(p)
+    p.add_argument("--out", type=Path, required=True, help="run folder (metrics.json, predictions.csv, checkpoints)")
+    p.add_argument("--grade-column", default=None, help="grade column of the table (default: grade / "
+                   "histological_grade when present)")
+    p.add_argument("--grade-table", type=Path, default=None, help="CSV with case_id + a grade column, merged in")
+    p.add_argument("--no-grade", action="store_true", help="survival head only, even if the table has grades")
+    p.add_argument("--folds", default=None, help="comma-separated fold indices to run (default: all)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    p.add_argument("--quiet", action="store_true")
+    d = PredictorOptions()
+    for f in dataclasses.fields(PredictorOptions):
+        if f.name in ("seed", "use_grade"):
+            continue
+        default = getattr(d, f.name)
+        flag = f"--{f.name.replace('_', '-')}"
+        if f.name == "model":
+            p.add_argument(flag, choices=["expression", "slide", "multimodal"], default=default)
+        elif f.name == "selection":
+            p.add_argument(flag, choices=list(SELECTIONS), default=default)
+        elif f.name == "grade_loss":
+            p.add_argument(flag, choices=["ce", "coral"], default=default)
+        elif f.name == "transform":
+            p.add_argument(flag, choices=["standardize", "minmax", "minmax01"], default=default)
+        elif f.name in ("max_patches", "eval_max_patches"):
+            p.add_argument(flag, type=_int_or_none, default=default, help="patch cap per patient ('none' = all)")
+        else:
+            p.add_argument(flag, type=type(default), default=default)
+
+
+def _int_or_none(s: str) -> int | None:
+    return None if str(s).lower() in ("none", "all", "0") else int(s)
+
+
+def cohort_inputs(args: argparse.Namespace) -> dict:
+    """Absolute paths of the cohort inputs (stored in run.json)."""
+    def ab(p):
+        return str(Path(p).resolve()) if p is not None else None
+    return {"manifest": ab(args.manifest), "expression": ab(args.expression), "signatures": ab(args.signatures),
+            "features": ab(getattr(args, "features", None)), "grade_column": args.grade_column,
+            "grade_table": ab(args.grade_table), "splits": ab(args.splits), "n_folds": args.n_folds, "seed": args.seed}
+
+
+def main(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cohort = load_cohort(args)
+    if args.grade_column and not cohort.manifest.grade_categories:
+        raise ValueError(f"{args.manifest}: --grade-column {args.grade_column!r} gave no grades; check the column "
+                         "name (or pass --grade-table CSV with case_id + grade)")
+    if args.model in ("slide", "multimodal") and not any(cohort.features.values()):
+        raise ValueError(f"--model {args.model} needs patch features: pass --features DIR (pathgen embed's "
+                         "<out>/features) or a manifest with a features_path column")
+    opts = PredictorOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PredictorOptions)
+                               if f.name != "use_grade"}, use_grade=not args.no_grade)
+    folds = [int(x) for x in args.folds.split(",")] if args.folds else None
+    metrics = train_predictor_cv(cohort, opts, out, folds=folds, inputs=cohort_inputs(args),
+                                 progress=not args.quiet)
+    print(format_summary(metrics))
+    print(f"wrote {out / 'metrics.json'} and {out / 'predictions.csv'}")
+    return 0
