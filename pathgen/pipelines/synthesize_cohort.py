@@ -1,0 +1,527 @@
+"""``pathgen synthesize-cohort``: streaming bag/slide -> expression synthesis for whole archives.
+
+One code path for one process and for ``torchrun --nproc-per-node N [--nnodes ...] -m pathgen
+synthesize-cohort ...`` (torch.distributed, gloo control plane):
+
+* **Sharding by patch count**: rank 0 sizes every pending slide (HDF5 rows; slide files: bytes) and
+  assigns them greedily, longest first, to the least-loaded rank (LPT); the plan is broadcast.
+* **Determinism independent of sharding**: each slide is sampled with its own ``torch.Generator``
+  seeded from a stable hash of ``(seed, slide_id)`` (noise drawn on the CPU), so 1 process and N
+  processes give bit-identical numbers (same thread count; ``--batch-slides 1``).
+* **Streaming with bounded memory**: a reader thread prefetches bags into a ``queue.Queue`` of
+  ``--prefetch`` items; results are flushed every ``--chunk`` slides.
+* **Resumable**: each flush writes ``parts/rank<r>-<n>.parquet`` + ``.h5`` atomically, *then* the
+  ledger entries ``ledger/<slide_id>.json`` (state done / failed with reason, rank, part, timings).
+  A re-run skips done slides (``--retry-failed`` also redoes failed ones). A crash between a part
+  and its ledger entries leaves an orphan part; the merge reads each slide only from the part its
+  ledger names, so there are never duplicates.
+* **Merge**: after a barrier, rank 0 writes ``synthesized.csv`` / ``.parquet`` (slide_id, case_id,
+  MCAT-style ``<GENE>_rnaseq``, mean of K samples), ``samples.h5`` (all samples) and
+  ``summary.json`` (slides/s, patches/s, read / encode / sample / write seconds, failures).
+
+Inputs: a CSV with ``slide_id`` and ``features_path`` (HDF5 bag) or ``slide_path`` (a slide file:
+patched and embedded on the fly with ``--encoder``; the features are kept under
+``<out>/work/features`` with ``--keep-features``, else discarded), or ``--features DIR`` holding
+``<slide_id>.h5``. Testing hook: ``PATHGEN_SYNTH_CRASH_AFTER=N`` makes each rank die (``os._exit``)
+after N slides, as a crash would.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import queue
+import resource
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pathgen.utils.io import atomic_path, atomic_write_text
+
+LEDGER = "ledger"
+PARTS = "parts"
+_STOP = object()
+
+
+# ----------------------------------------------------------------------------- distributed
+class Dist:
+    """torch.distributed when launched by torchrun (WORLD_SIZE set), else a one-process stand-in."""
+
+    def __init__(self, timeout_h: float = 6.0):
+        import torch.distributed as dist
+
+        self.dist = dist
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.active = self.world > 1
+        if self.active and not dist.is_initialized():
+            dist.init_process_group("gloo", timeout=datetime.timedelta(hours=timeout_h))
+
+    def broadcast(self, obj):
+        if not self.active:
+            return obj
+        box = [obj]
+        self.dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, obj) -> list:
+        if not self.active:
+            return [obj]
+        out = [None] * self.world
+        self.dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        if self.active:
+            self.dist.barrier()
+
+    def close(self) -> None:
+        if self.active and self.dist.is_initialized():
+            self.dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------- inputs, plan, ledger
+def read_inputs(manifest: Path, features: Path | None) -> pd.DataFrame:
+    """Rows ``slide_id, case_id, kind (bag|slide), path`` in manifest order (duplicates dropped)."""
+    m = pd.read_csv(manifest, dtype=str)
+    if "slide_id" not in m.columns:
+        raise ValueError(f"{manifest}: needs a slide_id column, found {list(m.columns)}")
+    rows = []
+    for _, r in m.iterrows():
+        sid = str(r["slide_id"])
+        fp = r.get("features_path")
+        sp = r.get("slide_path")
+        if isinstance(fp, str) and fp:
+            kind, path = "bag", Path(fp)
+        elif isinstance(sp, str) and sp:
+            kind, path = "slide", Path(sp)
+        elif features is not None:
+            kind, path = "bag", Path(features) / f"{sid}.h5"
+        else:
+            raise ValueError(f"{manifest}: slide {sid} has no features_path/slide_path and no --features DIR")
+        if not path.is_absolute():
+            cand = manifest.parent / path
+            path = cand if cand.exists() or not path.exists() else path
+        case = r.get("case_id")
+        rows.append({"slide_id": sid, "case_id": case if isinstance(case, str) else sid, "kind": kind,
+                     "path": str(path)})
+    return pd.DataFrame(rows).drop_duplicates("slide_id").reset_index(drop=True)
+
+
+def slide_cost(kind: str, path: str) -> int:
+    """Work estimate: patch count of a bag, bytes/1e6 of a slide file (1 when unreadable: it fails fast)."""
+    try:
+        if kind == "bag":
+            from pathgen.data.bags import h5_bag_shape
+
+            return max(1, h5_bag_shape(path)[0])
+        return max(1, os.path.getsize(path) // 1_000_000)
+    except Exception:  # noqa: BLE001 - the reader records the real error
+        return 1
+
+
+def shard_lpt(costs: dict[str, int], world: int) -> list[list[str]]:
+    """Greedy longest-processing-time: biggest slides first onto the least-loaded rank (ties: lowest rank)."""
+    loads = [0] * world
+    shards: list[list[str]] = [[] for _ in range(world)]
+    for sid, c in sorted(costs.items(), key=lambda kv: (-kv[1], kv[0])):
+        r = min(range(world), key=lambda i: (loads[i], i))
+        shards[r].append(sid)
+        loads[r] += c
+    return shards
+
+
+def ledger_path(out: Path, slide_id: str) -> Path:
+    return out / LEDGER / f"{slide_id}.json"
+
+
+def read_ledger(out: Path) -> dict[str, dict]:
+    led = {}
+    d = out / LEDGER
+    if d.is_dir():
+        for p in d.glob("*.json"):
+            try:
+                st = json.loads(p.read_text())
+                led[st["slide_id"]] = st
+            except (OSError, ValueError, KeyError):
+                continue  # unreadable -> pending
+    return led
+
+
+def stable_seed(seed: int, slide_id: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{slide_id}".encode()).digest()[:8], "little") & (2**63 - 1)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+# ----------------------------------------------------------------------------- sampling
+def sample_streams(model, schedule, ctx, gens, *, samples: int, steps: int, mode: str = "ddim", eta: float = 0.0,
+                   guidance_scale: float | None = None):
+    """``pathgen.models.generator.sample`` with one noise stream per bag: bag i's initial and per-step
+    noise come from ``gens[i]`` (drawn on the CPU), so a bag's samples do not depend on its batch-mates
+    or on the device's RNG. Returns [n_bags, K, G]."""
+    import torch
+
+    from pathgen.diffusion import ddim_timesteps
+    from pathgen.ops import denoise_step
+
+    cfg = model.cfg
+    K, G, dev = samples, cfg.n_genes, ctx.x.device
+
+    def noise():
+        return torch.cat([torch.randn(K, G, generator=g) for g in gens]).to(dev)
+
+    ac = schedule.alphas_cumprod.to(dev)
+    T = schedule.num_train_timesteps
+    ts = ddim_timesteps(T, steps) if mode == "ddim" else list(range(T))[::-1]
+    x = noise()
+    B = x.shape[0]
+    stochastic = mode == "ddpm" or eta > 0
+    for i in range(len(ts)):
+        t = torch.full((B,), ts[i], device=dev, dtype=torch.long)
+        t_prev = torch.full((B,), ts[i + 1] if i + 1 < len(ts) else -1, device=dev, dtype=torch.long)
+        last = i == len(ts) - 1
+        pred = model(x, t, ctx, samples_per_bag=K)
+        uncond = model(x, t, None, samples_per_bag=K) if guidance_scale is not None else None
+        nz = noise() if stochastic and not last else None
+        x = denoise_step(x, pred, t, t_prev, ac, mode=mode, eta=eta, prediction=cfg.prediction, noise=nz,
+                         clip=cfg.clip_sample, guidance_scale=guidance_scale, model_output_uncond=uncond, out=x)
+    return x.view(len(gens), K, G)
+
+
+# ----------------------------------------------------------------------------- reader
+class SlideReader:
+    """Reads bags (or patches + embeds slide files) in a thread, ``prefetch`` items ahead."""
+
+    def __init__(self, items: list[dict], args: argparse.Namespace, out: Path, prefetch: int):
+        self.items, self.args, self.out = items, args, out
+        self.q: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+        self._encoder = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _read(self, it: dict):
+        from pathgen.data.bags import read_h5_bag
+
+        if it["kind"] == "bag":
+            feats, _ = read_h5_bag(it["path"])
+            return feats
+        return self._embed_slide(it)
+
+    def _embed_slide(self, it: dict):
+        from pathgen.data.bags import read_h5_bag
+        from pathgen.pipelines import slide_batch as sb
+        from pathgen.pipelines.embed import embed_one, feature_paths
+        from pathgen.pipelines.patch import MPPChoice, PatchOptions, run_patch_stage
+
+        a = self.args
+        if self._encoder is None:
+            from pathgen.features import get_encoder
+
+            self._encoder = get_encoder(a.encoder, weights=a.encoder_weights, device=a.embed_device)
+        work = self.out / "work"
+        slide = sb.Slide(it["slide_id"], Path(it["path"]))
+        opts = PatchOptions(target_mpp=a.target_mpp, patch_size=a.patch_size)
+        pres = run_patch_stage(work, slide, opts, MPPChoice())
+        if pres.state == "failed":
+            raise RuntimeError(pres.error or "patching failed")
+        embed_one(slide, work, self._encoder, opts, MPPChoice(), a.embed_batch_size, 0, "cpu", False)
+        fpath = feature_paths(work, slide.slide_id, False)[0]
+        feats, _ = read_h5_bag(fpath)
+        if not a.keep_features:
+            fpath.unlink(missing_ok=True)
+        return feats
+
+    def _run(self):
+        for it in self.items:
+            t0 = time.perf_counter()
+            try:
+                feats, err = self._read(it), None
+                if feats.ndim != 2 or len(feats) == 0:
+                    feats, err = None, f"empty or malformed bag (shape {getattr(feats, 'shape', None)})"
+                elif not np.isfinite(feats).all():
+                    feats, err = None, "non-finite features"
+            except Exception as exc:  # noqa: BLE001 - any unreadable input is a per-slide failure
+                feats, err = None, f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            self.q.put((it, feats, err, time.perf_counter() - t0))
+        self.q.put(_STOP)
+
+    def __iter__(self):
+        while True:
+            x = self.q.get()
+            if x is _STOP:
+                return
+            yield x
+
+
+# ----------------------------------------------------------------------------- one rank
+def _next_part_index(out: Path, rank: int) -> int:
+    idx = [int(p.stem.split("-")[-1]) for p in (out / PARTS).glob(f"rank{rank}-*.h5")] if (out / PARTS).is_dir() else []
+    return max(idx, default=-1) + 1
+
+
+def mean_table(ids: list[str], cases: list[str], S: np.ndarray, genes: list[str]) -> pd.DataFrame:
+    """slide_id, case_id, ``<GENE>_rnaseq`` (mean of the K samples; a gene in two families once)."""
+    from pathgen.data.expression import to_mcat_columns
+    from pathgen.pipelines.synthesize import _unique_columns
+
+    mean = _unique_columns(pd.DataFrame(S.mean(1), index=pd.Index(ids, name="case_id"), columns=genes))
+    table = to_mcat_columns(mean).rename(columns={"case_id": "slide_id"})
+    table.insert(1, "case_id", list(cases))
+    return table
+
+
+def write_part(out: Path, rank: int, n: int, rows: list[dict], genes: list[str]) -> str:
+    """Write one part atomically: ``.parquet`` (means, for inspection) and ``.h5`` (all samples, what
+    the merge reads); the merge trusts only parts that a ledger entry names."""
+    import h5py
+
+    name = f"rank{rank}-{n:05d}"
+    ids = [r["slide_id"] for r in rows]
+    cases = [r["case_id"] for r in rows]
+    S = np.stack([r["samples"] for r in rows]).astype(np.float32)  # [n, K, G]
+    with atomic_path(out / PARTS / f"{name}.parquet") as tmp:
+        mean_table(ids, cases, S, genes).to_parquet(tmp, index=False)
+    with atomic_path(out / PARTS / f"{name}.h5") as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("samples", data=S)
+        f.create_dataset("slide_ids", data=np.array(ids, dtype=h5py.string_dtype()))
+        f.create_dataset("case_ids", data=np.array(cases, dtype=h5py.string_dtype()))
+    return name
+
+
+def run_rank(args: argparse.Namespace, out: Path, rank: int, items: list[dict], model, transform, genes: list[str],
+             dev) -> dict:
+    import torch
+    from tqdm.auto import tqdm
+
+    from pathgen.diffusion import NoiseSchedule
+
+    schedule = NoiseSchedule(model.cfg.schedule)
+    crash_after = int(os.environ.get("PATHGEN_SYNTH_CRASH_AFTER", "0") or 0)
+    acc = {"read_s": 0.0, "encode_s": 0.0, "sample_s": 0.0, "write_s": 0.0, "slides": 0, "patches": 0, "failed": 0}
+    part_n = _next_part_index(out, rank)
+    pending: list[dict] = []
+    batch: list[tuple] = []
+    bar = tqdm(total=len(items), desc=f"rank {rank}", unit="slide", position=rank, file=sys.stderr,
+               disable=args.no_progress, dynamic_ncols=True)
+    processed = 0
+
+    def flush():
+        nonlocal part_n, pending
+        if not pending:
+            return
+        t0 = time.perf_counter()
+        name = write_part(out, rank, part_n, pending, genes)
+        part_n += 1
+        for r in pending:
+            atomic_write_text(ledger_path(out, r["slide_id"]), json.dumps({
+                "slide_id": r["slide_id"], "state": "done", "rank": rank, "part": name,
+                "n_patches": r["n_patches"], "timings": r["timings"], "finished": time.time()}))
+        acc["write_s"] += time.perf_counter() - t0
+        pending = []
+
+    def run_batch():
+        nonlocal processed
+        if not batch:
+            return
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            feats = torch.from_numpy(np.concatenate([b[1] for b in batch])).to(dev)
+            lens = [len(b[1]) for b in batch]
+            cu = torch.tensor([0, *np.cumsum(lens)], dtype=torch.int32, device=dev)
+            ctx = model.encode_context(feats, cu, max(lens))
+            t1 = time.perf_counter()
+            gens = [torch.Generator().manual_seed(stable_seed(args.seed, b[0]["slide_id"])) for b in batch]
+            x = sample_streams(model, schedule, ctx, gens, samples=args.samples, steps=args.steps, mode=args.mode,
+                               eta=args.eta, guidance_scale=args.guidance_scale)
+        x = x.float().cpu().numpy()
+        n, K = x.shape[:2]
+        raw = transform.inverse_transform(x.reshape(n * K, -1)).reshape(n, K, -1)
+        t2 = time.perf_counter()
+        acc["encode_s"] += t1 - t0
+        acc["sample_s"] += t2 - t1
+        for i, (it, f, read_s) in enumerate(batch):
+            pending.append({"slide_id": it["slide_id"], "case_id": it["case_id"], "samples": raw[i],
+                            "n_patches": int(len(f)), "timings": {"read_s": round(read_s, 4),
+                                                                  "encode_sample_s": round((t2 - t0) / n, 4)}})
+            acc["slides"] += 1
+            acc["patches"] += int(len(f))
+        bar.update(n)
+        processed += n
+        batch.clear()
+        if len(pending) >= args.chunk:
+            flush()
+        if crash_after and processed >= crash_after:
+            os._exit(17)  # simulated crash: no flush, no cleanup
+
+    reader = SlideReader(items, args, out, args.prefetch)
+    t_wait = time.perf_counter()
+    for it, feats, err, read_s in reader:
+        acc["read_s"] += read_s
+        if err is not None:
+            atomic_write_text(ledger_path(out, it["slide_id"]), json.dumps({
+                "slide_id": it["slide_id"], "state": "failed", "reason": err, "rank": rank, "path": it["path"],
+                "finished": time.time()}))
+            acc["failed"] += 1
+            bar.update(1)
+            continue
+        batch.append((it, feats, read_s))
+        if len(batch) >= args.batch_slides:
+            run_batch()
+    run_batch()
+    flush()
+    bar.close()
+    acc["wall_s"] = time.perf_counter() - t_wait
+    acc["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    acc["rank"] = rank
+    return acc
+
+
+# ----------------------------------------------------------------------------- merge
+def merge(out: Path, order: list[str], genes: list[str], meta: dict) -> int:
+    """Rank 0: every done slide's samples from the part its ledger names, in manifest order."""
+    import h5py
+
+    led = read_ledger(out)
+    by_part: dict[str, set[str]] = {}
+    for sid, st in led.items():
+        if st.get("state") == "done":
+            by_part.setdefault(st["part"], set()).add(sid)
+    samples, cases = {}, {}
+    for part, want in by_part.items():
+        with h5py.File(out / PARTS / f"{part}.h5", "r") as f:
+            ids = f["slide_ids"].asstr()[()]
+            cs = f["case_ids"].asstr()[()]
+            S = f["samples"][()]
+        for i, sid in enumerate(ids):
+            if sid in want:
+                samples[sid], cases[sid] = S[i], cs[i]
+    done = [s for s in order if s in samples]
+    if not done:
+        return 0
+    S = np.stack([samples[s] for s in done])
+    table = mean_table(done, [cases[s] for s in done], S, genes)
+    with atomic_path(out / "synthesized.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    with atomic_path(out / "synthesized.parquet") as tmp:
+        table.to_parquet(tmp, index=False)
+    with atomic_path(out / "samples.h5") as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("samples", data=S, compression="gzip")  # [slides, K, G]
+        f.create_dataset("slide_ids", data=np.array(done, dtype=h5py.string_dtype()))
+        f.create_dataset("case_ids", data=np.array([cases[s] for s in done], dtype=h5py.string_dtype()))
+        f.create_dataset("genes", data=np.array(genes, dtype=h5py.string_dtype()))
+        f.attrs["meta"] = json.dumps(meta)
+    return len(done)
+
+
+# ----------------------------------------------------------------------------- CLI
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("manifest", type=Path, help="CSV: slide_id [, case_id] and features_path (h5 bag) or slide_path")
+    p.add_argument("--model", type=Path, required=True, help="generator checkpoint (generator.pt)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--features", type=Path, default=None, help="folder of <slide_id>.h5 bags for rows without paths")
+    p.add_argument("--samples", type=int, default=3, help="samples per slide (averaged in synthesized.csv)")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--mode", choices=["ddim", "ddpm"], default="ddim")
+    p.add_argument("--eta", type=float, default=0.0)
+    p.add_argument("--guidance-scale", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (torchrun: cuda:<LOCAL_RANK>)")
+    p.add_argument("--batch-slides", type=int, default=1,
+                   help="slides sampled together (1: bit-identical across any sharding; >1 faster on GPU, "
+                        "same noise streams, float rounding may differ)")
+    p.add_argument("--chunk", type=int, default=32, help="slides per output part (and ledger commit)")
+    p.add_argument("--prefetch", type=int, default=4, help="bags read ahead (bounded queue)")
+    p.add_argument("--retry-failed", action="store_true", help="also redo slides the ledger marks failed")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per rank")
+    p.add_argument("--no-progress", action="store_true")
+    g = p.add_argument_group("slide inputs (slide_path rows)")
+    g.add_argument("--encoder", default="resnet50-trunc")
+    g.add_argument("--encoder-weights", default=None)
+    g.add_argument("--embed-device", default="cpu")
+    g.add_argument("--embed-batch-size", type=int, default=64)
+    g.add_argument("--target-mpp", type=float, default=0.5)
+    g.add_argument("--patch-size", type=int, default=256)
+    g.add_argument("--keep-features", action="store_true", help="keep <out>/work/features/<slide_id>.h5")
+
+
+def main(args: argparse.Namespace) -> int:
+    import torch
+
+    from pathgen.models.generator.checkpoint import load_checkpoint, model_from_checkpoint, versions
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    d = Dist()
+    out = Path(args.out)
+    t_start = time.perf_counter()
+    if args.device == "auto":
+        dev = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu")
+    else:
+        dev = torch.device(args.device)
+        if dev.type == "cuda" and dev.index is None:
+            dev = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
+    inputs = read_inputs(Path(args.manifest), args.features)
+    order = inputs["slide_id"].tolist()
+    plan = None
+    if d.rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        led = read_ledger(out)
+        skip = {s for s, st in led.items()
+                if st.get("state") == "done" or (st.get("state") == "failed" and not args.retry_failed)}
+        todo = inputs[~inputs["slide_id"].isin(skip)]
+        costs = {r.slide_id: slide_cost(r.kind, r.path) for r in todo.itertuples()}
+        plan = {"shards": shard_lpt(costs, d.world), "costs": costs, "skipped": len(skip)}
+    plan = d.broadcast(plan)
+    mine = set(plan["shards"][d.rank])
+    pos = {sid: i for i, sid in enumerate(plan["shards"][d.rank])}  # LPT order: biggest first
+    items = sorted((r for r in inputs.to_dict("records") if r["slide_id"] in mine), key=lambda r: pos[r["slide_id"]])
+    ckpt = load_checkpoint(args.model)
+    model, fam, transform = model_from_checkpoint(ckpt, dev)
+    model.eval()
+    genes = list(fam.columns)
+    stats = run_rank(args, out, d.rank, items, model, transform, genes, dev)
+    stats["planned_patches"] = int(sum(plan["costs"][s] for s in mine))
+    all_stats = d.gather(stats)
+    d.barrier()
+    rc = 0
+    if d.rank == 0:
+        meta = {"checkpoint": str(args.model), "samples": args.samples, "steps": args.steps, "mode": args.mode,
+                "eta": args.eta, "guidance_scale": args.guidance_scale, "seed": args.seed,
+                "families": fam.to_dict(), "versions": versions(), "world_size": d.world}
+        t0 = time.perf_counter()
+        n_done = merge(out, order, genes, meta)
+        merge_s = time.perf_counter() - t0
+        led = read_ledger(out)
+        failures = {s: st.get("reason") for s, st in led.items() if st.get("state") == "failed"}
+        wall = time.perf_counter() - t_start
+        slides = sum(s["slides"] for s in all_stats)
+        patches = sum(s["patches"] for s in all_stats)
+        summary = {
+            "world_size": d.world, "slides_in_manifest": len(order), "skipped_already_handled": plan["skipped"],
+            "processed_this_run": slides, "failed_this_run": sum(s["failed"] for s in all_stats),
+            "done_total": n_done, "failed_total": len(failures),
+            "pending_total": len(order) - n_done - len(failures),
+            "wall_s": round(wall, 3), "slides_per_s": round(slides / max(wall, 1e-9), 3),
+            "patches_per_s": round(patches / max(wall, 1e-9), 1),
+            "seconds": {k: round(sum(s[k] for s in all_stats), 3)
+                        for k in ("read_s", "encode_s", "sample_s", "write_s")} | {"merge_s": round(merge_s, 3)},
+            "peak_rss_mb_per_rank": [s["peak_rss_mb"] for s in all_stats],
+            "ranks": all_stats, "failures": failures,
+        }
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+        print(json.dumps({k: v for k, v in summary.items() if k != "ranks"}, indent=2))
+        print(f"wrote {n_done} slides to {out}/synthesized.csv (+ .parquet, samples.h5); "
+              f"{len(failures)} failed (see {out}/ledger)")
+        rc = 0 if n_done else 1
+    d.barrier()
+    d.close()
+    return rc
