@@ -47,6 +47,7 @@ class TrainOptions:
     loss: str = "l1_mse"
     cond_dropout: float = 0.1
     val_steps: int = 10
+    val_every: int = 1
     patience: int = 8
     seed: int = 0
     device: str = "auto"
@@ -124,6 +125,7 @@ def train_generator(cohort: Cohort, fold_k: int, out: Path, opts: TrainOptions, 
         state = load_checkpoint(last_path)
         model.load_state_dict(state["model"])
         ema.model.load_state_dict(state["ema"])
+        ema.steps = state.get("ema_steps", 0)
         optim.load_state_dict(state["optimizer"])
         start_epoch, best, best_epoch, bad_epochs = state["epoch"] + 1, state["best"], state["best_epoch"], \
             state["bad_epochs"]
@@ -152,6 +154,12 @@ def train_generator(cohort: Cohort, fold_k: int, out: Path, opts: TrainOptions, 
                 optim.zero_grad(set_to_none=True)
                 ema.update(model)
             losses.append(loss.item())
+        due = (epoch + 1) % opts.val_every == 0 or epoch + 1 == opts.epochs
+        if not due:
+            log_rows.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_spearman": float("nan"),
+                             "seconds": round(time.perf_counter() - t0, 3), "selection": "skipped"})
+            _write_log(out / "log.csv", log_rows)
+            continue
         val = validate(ema.model, schedule, val_loader, fam, device, opts.val_steps, opts.seed) if val_loader else \
             float("nan")
         row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_spearman": val,
@@ -168,7 +176,7 @@ def train_generator(cohort: Cohort, fold_k: int, out: Path, opts: TrainOptions, 
         else:
             bad_epochs += 1
         save_checkpoint(last_path, model_state=model.state_dict(), config=cfg, families=fam, transform=transform,
-                        extra={**extra, "ema": ema.model.state_dict(), "optimizer": optim.state_dict(),
+                        extra={**extra, "ema": ema.model.state_dict(), "ema_steps": ema.steps, "optimizer": optim.state_dict(),
                                "epoch": epoch, "best": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
                                "log": log_rows, "rng": torch.get_rng_state()})
         _write_log(out / "log.csv", log_rows)

@@ -20,14 +20,18 @@ class EMA:
 
     def __init__(self, model: torch.nn.Module, decay: float = 0.995):
         self.decay = decay
+        self.steps = 0
         self.model = copy.deepcopy(model).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
+        # warm-up (as in diffusers' EMAModel): early averages do not drag the initial weights along
+        self.steps += 1
+        decay = min(self.decay, (1 + self.steps) / (10 + self.steps))
         for e, p in zip(self.model.parameters(), model.parameters()):
-            e.lerp_(p.detach(), 1.0 - self.decay)
+            e.lerp_(p.detach(), 1.0 - decay)
         for e, b in zip(self.model.buffers(), model.buffers()):
             e.copy_(b)
 

@@ -26,7 +26,7 @@ class GeneratorConfig:
     time_dim: int = 128
     mlp_ratio: float = 2.0
     dropout: float = 0.1
-    prediction: str = "epsilon"  # "epsilon" (PathGen) | "v_prediction"
+    prediction: str = "epsilon"  # "epsilon" (PathGen) | "v_prediction" | "sample" (x0)
     loss: str = "l1_mse"  # "(L1 + MSE)/2 per family" (PathGen) | "mse"
     cond_dropout: float = 0.1  # P(drop the slide) in training: enables classifier-free guidance
     clip_sample: tuple[float, float] | None = None  # clamp of predicted x0 while sampling
@@ -36,8 +36,8 @@ class GeneratorConfig:
     def __post_init__(self):
         if len(self.family_names) != len(self.family_sizes):
             raise ValueError("family_names and family_sizes differ in length")
-        if self.prediction not in ("epsilon", "v_prediction"):
-            raise ValueError(f"prediction must be epsilon|v_prediction, got {self.prediction!r}")
+        if self.prediction not in ("epsilon", "v_prediction", "sample"):
+            raise ValueError(f"prediction must be epsilon|v_prediction|sample, got {self.prediction!r}")
         if self.loss not in ("l1_mse", "mse"):
             raise ValueError(f"loss must be l1_mse|mse, got {self.loss!r}")
         if self.d_model % self.n_heads:

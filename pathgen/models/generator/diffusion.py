@@ -35,7 +35,12 @@ def training_loss(model: PathGenDenoiser, schedule: NoiseSchedule,
     if cfg.cond_dropout > 0 and model.training:
         cond = torch.rand(B, device=dev, generator=generator) >= cfg.cond_dropout
     pred = model(x_t, t, ctx, cond=cond)
-    target = noise if cfg.prediction == "epsilon" else schedule.velocity(x0, noise, t)
+    if cfg.prediction == "epsilon":
+        target = noise
+    elif cfg.prediction == "v_prediction":
+        target = schedule.velocity(x0, noise, t)
+    else:  # "sample": the network predicts x0, which lives near the low-dimensional family programmes
+        target = x0
     return family_loss(pred, target, list(cfg.family_sizes), cfg.loss)
 
 
