@@ -29,6 +29,26 @@ echo "== CUDA kernels vs their twins"
 
 echo "== timings"
 "$PY" -m pytest -q -p no:cacheprovider benchmarks/bench_denoise_step.py benchmarks/bench_coattention.py \
+  benchmarks/bench_generator.py \
   --bench-device cuda --bench-size all --benchmark-json "$OUT_DIR/benchmarks-gpu.json" 2>&1 \
   | tee "$OUT_DIR/bench.txt" | grep -A40 "pathgen benchmark figures" || true
-echo "JSON: $OUT_DIR/benchmarks-gpu.json (compare with: python benchmarks/compare.py BASELINE $OUT_DIR/benchmarks-gpu.json)"
+echo "JSON: $OUT_DIR/benchmarks-gpu.json"
+echo "  save it as a baseline:  python benchmarks/compare.py save gpu-h100 --from-json $OUT_DIR/benchmarks-gpu.json"
+echo "  compare it:             python benchmarks/compare.py BASELINE $OUT_DIR/benchmarks-gpu.json"
+
+echo "== synthesize-cohort throughput on one GPU (tiny bags, 10/100/1000)"
+"$PY" benchmarks/bench_synthesize_cohort.py --device cuda --procs 1 --work "$OUT_DIR/synth-cohort" \
+  --json "$OUT_DIR/synthesize-cohort-gpu.json" 2>&1 | tee "$OUT_DIR/synthesize-cohort.txt" | tail -5 || true
+
+# Regression check against a saved GPU baseline, here, so regressed benchmarks are re-run on the GPU
+# (PATHGEN_GPU_BASELINE=gpu-h100 or a path; exit status 1 = confirmed regression, recorded in compare.txt).
+if [ -n "${PATHGEN_GPU_BASELINE:-}" ]; then
+  echo "== compare against $PATHGEN_GPU_BASELINE"
+  set +e
+  "$PY" benchmarks/compare.py compare "$PATHGEN_GPU_BASELINE" "$OUT_DIR/benchmarks-gpu.json" --quiet \
+    --markdown "$OUT_DIR/compare.md" 2>&1 | tee "$OUT_DIR/compare.txt"
+  echo "compare exit status: ${PIPESTATUS[0]}" | tee -a "$OUT_DIR/compare.txt"
+  set -e
+fi
+"$PY" benchmarks/compare.py report "$OUT_DIR/benchmarks-gpu.json" --out "$OUT_DIR/report" > /dev/null 2>&1 \
+  && echo "speedup table: $OUT_DIR/report/speedups.md" || echo "(no report: matplotlib missing?)"

@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "make-demo-cohort": ("pathgen.pipelines.make_demo_cohort", "real TCGA expression + slides that encode it"),
     "train-generator": ("pathgen.pipelines.train_generator", "train the PathGen generator on one fold"),
     "synthesize": ("pathgen.pipelines.synthesize", "synthesize expression from patch bags"),
+    "synthesize-cohort": ("pathgen.pipelines.synthesize_cohort", "streaming, resumable, torchrun-sharded cohort synthesis"),
     "evaluate-generator": ("pathgen.pipelines.evaluate_generator", "fidelity of synthesized expression vs baselines"),
     "heatmap": ("pathgen.pipelines.heatmap", "co-attention heatmaps, top-k patch montages, distributed risk/grade maps"),
     "report": ("pathgen.pipelines.report", "one self-contained HTML report of a run folder"),
