@@ -1,14 +1,15 @@
 // CPU backend of pathgen::coattention and its backward.
 //
-// Split-KV on the CPU: each slide's keys are cut into splits of equal length (per KV head);
-// threads pull splits from a shared counter, largest first. Within a split, keys stream in
-// cache-sized blocks; for each block every one of the R = M * H / Hkv query rows that share
-// the KV head is handled at once (one pass over the block):
+// Split-KV on the CPU: each slide's keys are cut into splits of equal length (all KV heads of
+// a key together, so memory is read in order); threads pull splits from a shared counter,
+// largest first. Within a split, keys stream in blocks sized for L2: a block is packed once
+// (bf16/fp16 converted to fp32 on the way, rows padded against 4 KiB set aliasing) while the
+// next block is software-prefetched, then for each KV head all R = M * H / Hkv query rows
+// that share it are handled in one pass over the block:
 //   S = Qs K_blk^T (register-tiled 6x2 dot products), online softmax (coattention_math.h),
-//   O += P V_blk (register-tiled 6x16 axpys),
-// so each key row is read from memory once (twice from cache). Splits are merged by their
-// log-sum-exp. bf16/fp16 blocks are converted to fp32 once, on load; accumulation is fp32
-// (fp64 for float64 inputs).
+//   O += P V_blk (register-tiled 6x16 broadcast-FMAs),
+// so each key row is read from memory once. Splits are merged by their log-sum-exp.
+// Accumulation is fp32 (fp64 for float64 inputs).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>

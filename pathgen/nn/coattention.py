@@ -208,25 +208,34 @@ class CoAttention(nn.Module):
         H, hd = self.num_heads, self.head_dim
         w_q, w_k, w_v = self.projection_weights()
         b_q, _, b_v = self.projection_biases()
+        # the per-step products below are small (no per-patch work); on CPU they run in float32,
+        # where bfloat16/float16 GEMMs lack native kernels (~5x slower than float32 on AVX2)
+        dt = torch.float32 if query.device.type == "cpu" and w_q.dtype in (torch.float16, torch.bfloat16) \
+            else w_q.dtype
+
+        def lin(t, w, b):
+            return F.linear(t.to(dt), w.to(dt), None if b is None else b.to(dt))
+
         scale = 1.0 / math.sqrt(hd)
-        q = F.linear(query, w_q, b_q).view(B, M, H, hd)  # [B, M, H, hd]
+        q = lin(query, w_q, b_q).view(B, M, H, hd)  # [B, M, H, hd]
         form = "unfolded" if kv is not None else self.resolve_form(M)
         if form == "folded":
             # q'_h = W_k,h^T q_h: scores on raw features; the key bias shifts each row by a constant
-            qf = torch.einsum("bmhd,hdk->bmhk", q, w_k.view(H, hd, self.kdim)).to(x.dtype)  # [B, M, H, kdim]
+            qf = torch.einsum("bmhd,hdk->bmhk", q, w_k.to(dt).view(H, hd, self.kdim)).to(x.dtype)  # [B, M, H, kdim]
             xk = x.unsqueeze(1)  # [total_n, 1, kdim]: k = v = X, one KV head, read once
             res = coattention(qf, xk, xk, cu_seqlens, max_seqlen, scale=scale, return_probs=need_weights)
-            pooled = res[0].to(w_v.dtype)  # [B, M, H, kdim] = sum_j p_hj x_j
-            o = torch.einsum("bmhk,hdk->bmhd", pooled, w_v.view(H, hd, self.vdim))  # [B, M, H, hd]
+            pooled = res[0].to(dt)  # [B, M, H, kdim] = sum_j p_hj x_j
+            o = torch.einsum("bmhk,hdk->bmhd", pooled, w_v.to(dt).view(H, hd, self.vdim))  # [B, M, H, hd]
             if b_v is not None:  # sum_j p_hj = 1, except in an empty bag
-                nonempty = (cu_seqlens[1:] > cu_seqlens[:-1]).to(o.dtype)  # [B]
-                o = o + nonempty.view(B, 1, 1, 1) * b_v.view(H, hd)
+                nonempty = (cu_seqlens[1:] > cu_seqlens[:-1]).to(dt)  # [B]
+                o = o + nonempty.view(B, 1, 1, 1) * b_v.to(dt).view(H, hd)
         else:
             if kv is None:
                 kv = self.project_bags(x)
-            res = coattention(q, kv.k, kv.v, cu_seqlens, max_seqlen, scale=scale, return_probs=need_weights)
+            res = coattention(q.to(kv.k.dtype), kv.k, kv.v, cu_seqlens, max_seqlen, scale=scale,
+                              return_probs=need_weights)
             o = res[0]  # [B, M, H, hd]
-        out = self.out_proj(o.reshape(B, M, E))
+        out = lin(o.reshape(B, M, E), self.out_proj.weight, self.out_proj.bias).to(w_q.dtype)
         if not need_weights:
             return out, None
         probs = res[2]  # [total_n, H, M]

@@ -1,18 +1,12 @@
 """pathgen.nn.CoAttention against torch.nn.MultiheadAttention(query, X, X) with the same weights."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 import pathgen.ops as po
 from pathgen.nn import CoAttention
-
-DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
-REGIONS = DATA / "pathomicfusion" / "CellGraph" / "example_data" / "imgs"
-
 
 def pair(E, H, kdim=None, bias=True, form="auto", dtype=torch.float64, seed=0):
     """An nn.MultiheadAttention with random (non-zero) biases and a CoAttention loaded from it."""
@@ -148,13 +142,15 @@ def test_errors():
         ca(query[0], x, cu)
 
 
-@pytest.mark.skipif(not REGIONS.is_dir(), reason="../shared/data not present")
-def test_real_tcga_regions_as_bags():
+def test_real_tcga_regions_as_bags(shared_data):
     """Three real TCGA H&E regions, cut into 16x16 RGB patches (768-d pixel features), as three bags."""
     import matplotlib.image as mpimg
 
+    regions = sorted((shared_data / "pathomicfusion" / "CellGraph" / "example_data" / "imgs").glob("*.png"))
+    if len(regions) < 3:
+        pytest.skip("the three TCGA example regions are not in the shared data folder")
     feats, lens = [], []
-    for path, side in zip(sorted(REGIONS.glob("*.png")), (512, 256, 128)):
+    for path, side in zip(regions, (512, 256, 128)):
         img = np.asarray(mpimg.imread(path))[:side, :side, :3].astype(np.float32)  # [side, side, 3] in [0, 1]
         tiles = img.reshape(side // 16, 16, side // 16, 16, 3).transpose(0, 2, 1, 3, 4).reshape(-1, 768)
         feats.append(torch.from_numpy(tiles - tiles.mean(0)))
@@ -173,3 +169,17 @@ def test_real_tcga_regions_as_bags():
         e_ours = (out32.double() - ref_out).abs().max().item()
         e_mha = (mha_out32.double() - ref_out).abs().max().item()
         assert e_ours <= 2 * e_mha + 1e-6 * ref_out.abs().max().item(), (form, e_ours, e_mha)
+
+
+@pytest.mark.parametrize("form", ["folded", "unfolded"])
+def test_torch_compile_fullgraph_forward_backward(form):
+    _, ca = pair(64, 8, form=form, dtype=torch.float32)
+    query, x, cu = inputs(3, 6, 64, 64, [30, 0, 50], dtype=torch.float32)
+    step = torch.compile(lambda q, x, cu: ca(q, x, cu, 50, need_weights=True), fullgraph=True, backend="aot_eager")
+    got, want = step(query, x, cu), ca(query, x, cu, 50, need_weights=True)
+    torch.testing.assert_close(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1])
+    g1 = torch.autograd.grad(got[0].sum(), (query, x))
+    g2 = torch.autograd.grad(want[0].sum(), (query, x))
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b)

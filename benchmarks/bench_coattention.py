@@ -1,0 +1,168 @@
+"""coattention: fused split-KV kernel vs the twin, padded SDPA and nn.MultiheadAttention.
+
+Case A (folded, what the generator runs): B slides, n_b ~ U[2k, 40k] patches (seeded), M = 6
+queries, H = 8 heads sharing one KV head: k = v = X, the raw D = 1024 features, read once.
+Case B (unfolded): H = Hkv = 8 heads of D = 128 over projected K and V.
+
+Alternatives, all timed round-robin in the same process:
+  twin       pathgen.ops.reference.coattention_ref (slide by slide, eager)
+  sdpa       F.scaled_dot_product_attention on pre-padded tensors, additive float mask, no weights
+  mha        nn.MultiheadAttention(E = 1024, 8 heads) with its projections and weights returned,
+             slide by slide (PathGen's batch of one; a padded batch of 16 x 40k x 1024 would not
+             fit this machine next to the rest). At the realistic size it is timed once, and only
+             in float32 on CPU: bfloat16 GEMMs without AVX-512-BF16/AMX run ~5x slower than fp32
+             here, one bf16 call would take about ten minutes.
+  module     pathgen.nn.CoAttention (folded for A, unfolded with cached K/V for B) with weights:
+             the like-for-like replacement of ``mha``.
+
+Floors: bytes of X read once (A) or of K and V (B), over the read bandwidth measured by the
+same-run probe. Case A also does 2 M H D multiply-adds per patch (96 per byte of fp32 X), so on
+a CPU without AVX-512/AMX it is compute-bound far above its bytes floor: `pct_of_fma_probe`
+reports the achieved multiply-add rate over an fp32 GEMM probe timed in the same run.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from _harness import floor_fraction, interleaved_best, sync
+from pathgen.nn import CoAttention
+from pathgen.ops import coattention, cu_seqlens_from_lengths, has_kernel, pad_bags
+from pathgen.ops.reference import coattention_ref
+
+
+@dataclass(frozen=True)
+class Config:
+    case: str  # "A" folded | "B" unfolded
+    B: int
+    n_lo: int
+    n_hi: int
+    M: int = 6
+    H: int = 8
+    E: int = 1024  # model width (= D for case A; = H x D for case B)
+
+    @property
+    def folded(self) -> bool:
+        return self.case == "A"
+
+
+CONFIGS = [
+    pytest.param(Config("A", 4, 500, 3000), id="A-small"),
+    pytest.param(Config("B", 4, 500, 3000), id="B-small"),
+    pytest.param(Config("A", 16, 2000, 40000), id="A-realistic", marks=pytest.mark.realistic),
+    pytest.param(Config("B", 16, 2000, 40000), id="B-realistic", marks=pytest.mark.realistic),
+]
+
+_FMA_PROBE: dict[str, float] = {}
+
+
+def fma_probe_gfmas(device) -> float:
+    """fp32 multiply-adds per second of a large GEMM right now (cached per device)."""
+    key = str(device)
+    if key not in _FMA_PROBE:
+        a = torch.randn(2048, 2048, device=device)
+        b = torch.randn(2048, 2048, device=device)
+        best = interleaved_best({"mm": lambda: a @ b}, device, min_rounds=5, max_rounds=10, min_time=0.5)
+        _FMA_PROBE[key] = 2048**3 / best["mm"] / 1e9
+    return _FMA_PROBE[key]
+
+
+def bag_lengths(cfg: Config) -> list[int]:
+    g = torch.Generator().manual_seed(1234)
+    return torch.randint(cfg.n_lo, cfg.n_hi + 1, (cfg.B,), generator=g).tolist()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("cfg", CONFIGS)
+def test_coattention(benchmark, report, probe, bench_device, cfg: Config, dtype):
+    if not has_kernel("coattention", bench_device):
+        pytest.skip(f"no fused coattention kernel for {bench_device}")
+    dev = bench_device
+    torch.manual_seed(0)
+    lens = bag_lengths(cfg)
+    cu = cu_seqlens_from_lengths(lens, device=dev)
+    n, n_max, B, M, H, E = sum(lens), max(lens), cfg.B, cfg.M, cfg.H, cfg.E
+    x = torch.randn(n, E, device=dev, dtype=dtype)  # [n, E] raw patch features (constant across steps)
+    query = torch.randn(B, M, E, device=dev, dtype=dtype)  # [B, M, E] gene-family tokens
+    if cfg.folded:  # op inputs as CoAttention's folded form builds them
+        D = E
+        q = torch.randn(B, M, H, D, device=dev, dtype=dtype) / math.sqrt(D)  # W_k,h^T q_h
+        k = v = x.unsqueeze(1)  # [n, 1, D]
+        nbytes = n * D * x.element_size()
+    else:
+        D = E // H
+        q = torch.randn(B, M, H, D, device=dev, dtype=dtype)
+        k = torch.randn(n, H, D, device=dev, dtype=dtype)  # [n, H, D] projected keys
+        v = torch.randn(n, H, D, device=dev, dtype=dtype)
+        nbytes = 2 * n * H * D * x.element_size()
+    Hkv = k.shape[1]
+    scale = D**-0.5
+    fmas = 2 * n * M * H * D
+
+    # correctness first: fused vs twin
+    got = coattention(q, k, v, cu, n_max, scale=scale, return_probs=True)
+    want = coattention_ref(q, k, v, cu, n_max, scale=scale, return_probs=True)
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got[0].float(), want[0].float(), atol=tol, rtol=tol)
+    torch.testing.assert_close(got[2], want[2], atol=tol * 1e-2, rtol=tol)
+
+    # padded SDPA: heads that share a KV head are folded into the query rows, the best layout for it
+    kp, mask = pad_bags(k, cu, n_max)  # [B, n_max, Hkv, D], [B, n_max]
+    vp = kp if v is k else pad_bags(v, cu, n_max)[0]
+    kp, vp = kp.transpose(1, 2), vp.transpose(1, 2)  # [B, Hkv, n_max, D]
+    qs = q.view(B, M, Hkv, H // Hkv, D).permute(0, 2, 1, 3, 4).reshape(B, Hkv, M * H // Hkv, D)
+    add_mask = torch.zeros(B, 1, 1, n_max, device=dev, dtype=dtype).masked_fill(~mask[:, None, None, :],
+                                                                               float("-inf"))
+
+    # nn.MultiheadAttention with projections and weights, slide by slide, and its replacement
+    mha = torch.nn.MultiheadAttention(E, H, batch_first=True, device=dev, dtype=dtype).eval()
+    module = CoAttention(E, H, form="folded" if cfg.folded else "unfolded", device=dev, dtype=dtype).eval()
+    module.load_state_dict(mha.state_dict())
+    bounds = cu.tolist()
+    with torch.no_grad():
+        kv = None if cfg.folded else module.project_bags(x)  # computed once per slide batch
+
+    def run_mha():
+        with torch.no_grad():
+            for b in range(B):
+                xb = x[bounds[b]:bounds[b + 1]][None]
+                mha(query[b:b + 1], xb, xb, need_weights=True, average_attn_weights=False)
+
+    def run_module():
+        with torch.no_grad():
+            module(query, x, cu, n_max, need_weights=True, kv=kv)
+
+    fns = {
+        "fused": lambda: coattention(q, k, v, cu, n_max, scale=scale, return_probs=True),
+        "fused_noprobs": lambda: coattention(q, k, v, cu, n_max, scale=scale),
+        "twin": lambda: coattention_ref(q, k, v, cu, n_max, scale=scale, return_probs=True),
+        "sdpa": lambda: F.scaled_dot_product_attention(qs, kp, vp, attn_mask=add_mask, scale=scale),
+        "module": run_module,
+    }
+    realistic = cfg.n_hi > 10000
+    if not realistic:
+        fns["mha"] = run_mha
+    best = interleaved_best(fns, dev, min_rounds=3 if realistic else 5, max_rounds=3 if realistic else 50,
+                            min_time=0.0 if realistic else 1.0, warmup=1)
+    if realistic and (dtype == torch.float32 or dev.type == "cuda"):
+        best["mha"] = interleaved_best({"mha": run_mha}, dev, min_rounds=1, max_rounds=1, min_time=0.0,
+                                       warmup=0)["mha"]
+    benchmark.pedantic(fns["fused"], rounds=3 if realistic else 10, warmup_rounds=1)
+    sync(dev)
+    mha_s = best.get("mha")
+
+    t = best["fused"]
+    figures = dict(
+        fused_ms=t * 1e3, fused_noprobs_ms=best["fused_noprobs"] * 1e3, module_ms=best["module"] * 1e3,
+        twin_ms=best["twin"] * 1e3, sdpa_ms=best["sdpa"] * 1e3, mha_ms=mha_s * 1e3 if mha_s else None,
+        speedup_vs_twin=best["twin"] / t, speedup_vs_sdpa=best["sdpa"] / t,
+        speedup_vs_mha=mha_s / best["module"] if mha_s else None,  # module vs mha: same inputs, same outputs
+        GBps=nbytes / t / 1e9, pct_of_floor=100 * floor_fraction(nbytes, t, probe.read_gbs),
+        GFMAps=fmas / t / 1e9, pct_of_fma_probe=100 * fmas / t / 1e9 / fma_probe_gfmas(dev),
+        threads=torch.get_num_threads(), n_total=n)
+    report(f"coattention[{cfg.case},B{B},n{cfg.n_lo}-{cfg.n_hi},{'Hkv1,D' if cfg.folded else 'Hkv8,D'}{D},"
+           f"{str(dtype).split('.')[-1]},{dev.type}]", **{k: v for k, v in figures.items() if v is not None})
