@@ -30,7 +30,7 @@ def _torch_release(version: str) -> str:
 
 
 def _load() -> None:
-    global HAS_OPS, LOAD_ERROR, BUILD_INFO
+    global LOAD_ERROR
     if os.environ.get("PATHGEN_DISABLE_EXTENSION", "") not in ("", "0"):
         LOAD_ERROR = "pathgen._C disabled by PATHGEN_DISABLE_EXTENSION"
     else:

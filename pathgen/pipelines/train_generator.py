@@ -9,11 +9,9 @@ Normalisation is fitted on the training patients only.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import json
 import math
-import random
 import time
 from pathlib import Path
 
@@ -22,13 +20,15 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from pathgen.data.bags import PatientBags, collate_bags
+from pathgen.data.bags import PatientBags
 from pathgen.data.transforms import ExpressionTransform
 from pathgen.diffusion import NoiseSchedule
 from pathgen.eval.metrics import fidelity_report
 from pathgen.models.generator import PathGenDenoiser, make_config, sample, training_loss
 from pathgen.models.generator.checkpoint import EMA, load_checkpoint, save_checkpoint, versions
 from pathgen.pipelines.cohort import Cohort, add_cohort_arguments, load_cohort
+from pathgen.pipelines.runtime import make_loader, resolve_device, seed_everything
+from pathgen.pipelines.runtime import write_csv_log as _write_log
 from pathgen.utils.io import atomic_write_text
 
 
@@ -53,24 +53,6 @@ class TrainOptions:
     device: str = "auto"
     num_workers: int = 0
     overrides: dict = dataclasses.field(default_factory=dict)  # extra GeneratorConfig fields
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def make_loader(ds: PatientBags, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0) -> DataLoader:
-    g = torch.Generator().manual_seed(seed)
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, collate_fn=collate_bags, generator=g,
-                      num_workers=num_workers, drop_last=False)
 
 
 @torch.no_grad()
@@ -198,16 +180,6 @@ class _null:
 
     def __exit__(self, *a):
         return False
-
-
-def _write_log(path: Path, rows: list[dict]) -> None:
-    import io
-
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -26,12 +26,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import dataclasses
-import io
 import json
 import math
-import random
 import time
 from pathlib import Path
 from typing import Sequence
@@ -42,7 +39,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from pathgen.data.bags import PatientBags, collate_bags
+from pathgen.data.bags import PatientBags
 from pathgen.data.splits import Fold, strata_labels
 from pathgen.data.survival import fit_survival_bins
 from pathgen.data.transforms import ExpressionTransform
@@ -54,6 +51,8 @@ from pathgen.models.predictor.layers import discrete_hazards
 from pathgen.models.predictor.output import PredictorOutput, predictor_loss
 from pathgen.pipelines.cohort import Cohort, add_cohort_arguments, load_cohort, save_splits
 from pathgen.pipelines.predictor_metrics import fold_metrics, mean_sd, pooled_bootstrap
+from pathgen.pipelines.runtime import make_loader, resolve_device, seed_everything
+from pathgen.pipelines.runtime import write_csv_log as _write_log
 from pathgen.utils.io import atomic_path, atomic_write_text
 
 SELECTIONS = ("loss", "c_index")
@@ -94,18 +93,6 @@ class PredictorOptions:
             raise ValueError(f"selection must be one of {SELECTIONS}, not {self.selection!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
             raise ValueError("epochs, batch_size and patience must be >= 1")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,12 +169,6 @@ def grade_categories(cohort: Cohort, use_grade: bool) -> list[str]:
 # --------------------------------------------------------------------------------------------
 # running a model
 # --------------------------------------------------------------------------------------------
-def make_loader(ds: PatientBags, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
-    g = torch.Generator().manual_seed(seed)
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, collate_fn=collate_bags, generator=g,
-                      num_workers=0, drop_last=False)
-
-
 @torch.no_grad()
 def run_model(model: torch.nn.Module, cfg: PredictorConfig, loader: DataLoader, device: torch.device) -> dict:
     """Eval-mode predictions for every patient of ``loader`` (concatenated in loader order).
@@ -257,14 +238,6 @@ def prediction_frame(res: dict, fold_k: int, part: str, input_mode: str, categor
 # --------------------------------------------------------------------------------------------
 # one fold
 # --------------------------------------------------------------------------------------------
-def _write_log(path: Path, rows: list[dict]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
-
-
 def train_fold(cohort: Cohort, fold: Fold, opts: PredictorOptions, out: Path, *, progress: bool = True
                ) -> tuple[dict, pd.DataFrame]:
     """Train one fold with validation-based early stopping; predict every part with the best weights.
