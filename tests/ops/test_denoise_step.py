@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+import zlib
 
 import pytest
 import torch
@@ -44,7 +45,7 @@ def _inputs(B, G, dtype, device, guided=False, seed=0):
 @pytest.mark.parametrize("clip,guided", [(None, False), ((-1.0, 1.0), False), (None, True), ((-1.5, 2.0), True)])
 def test_matches_twin(device, dtype, mode, prediction, clip, guided):
     ac = NoiseSchedule().alphas_cumprod.to(device)
-    x, m, n, mu, t, tp = _inputs(33, 517, dtype, device, guided, seed=hash((mode, prediction)) % 1000)
+    x, m, n, mu, t, tp = _inputs(33, 517, dtype, device, guided, seed=zlib.crc32(f"{mode}/{prediction}".encode()))
     kw = dict(mode=mode, eta=0.7, prediction=prediction, noise=n, clip=clip,
               guidance_scale=3.0 if guided else None, model_output_uncond=mu)
     fused = denoise_step(x, m, t, tp, ac, backend="fused", **kw)
