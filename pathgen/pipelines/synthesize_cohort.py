@@ -28,7 +28,6 @@ after N slides, as a crash would.
 from __future__ import annotations
 
 import argparse
-import datetime
 import hashlib
 import json
 import os
@@ -42,48 +41,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pathgen.pipelines.distributed import Dist
 from pathgen.utils.io import atomic_path, atomic_write_text
 
 LEDGER = "ledger"
 PARTS = "parts"
 _STOP = object()
-
-
-# ----------------------------------------------------------------------------- distributed
-class Dist:
-    """torch.distributed when launched by torchrun (WORLD_SIZE set), else a one-process stand-in."""
-
-    def __init__(self, timeout_h: float = 6.0):
-        import torch.distributed as dist
-
-        self.dist = dist
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.active = self.world > 1
-        if self.active and not dist.is_initialized():
-            dist.init_process_group("gloo", timeout=datetime.timedelta(hours=timeout_h))
-
-    def broadcast(self, obj):
-        if not self.active:
-            return obj
-        box = [obj]
-        self.dist.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def gather(self, obj) -> list:
-        if not self.active:
-            return [obj]
-        out = [None] * self.world
-        self.dist.all_gather_object(out, obj)
-        return out
-
-    def barrier(self) -> None:
-        if self.active:
-            self.dist.barrier()
-
-    def close(self) -> None:
-        if self.active and self.dist.is_initialized():
-            self.dist.destroy_process_group()
 
 
 # ----------------------------------------------------------------------------- inputs, plan, ledger

@@ -1,14 +1,20 @@
 """``pathgen train-generator``: fit the PathGen generator on one fold's training patients.
 
-AdamW, EMA weights, packed bags (batch > 1), gradient accumulation, bf16 autocast on GPU,
-condition dropout (classifier-free guidance), validation every epoch by per-gene Spearman of a
-few-step DDIM sample on the fold's validation patients, early stopping, atomic checkpoints
-(best EMA weights in ``generator.pt``, full state in ``last.pt`` for ``--resume``), a CSV log.
-Normalisation is fitted on the training patients only.
+AdamW, EMA weights, packed bags (batch > 1), several noise draws per bag, gradient accumulation,
+bf16 autocast on GPU, condition dropout (classifier-free guidance), validation every epoch by
+per-gene Spearman of a few-step DDIM sample on the fold's validation patients, early stopping,
+atomic checkpoints (best EMA weights in ``generator.pt``, full state in ``last.pt`` for
+``--resume``), a CSV log. Normalisation is fitted on the training patients only.
+
+Data-parallel under ``torchrun --nproc-per-node N -m pathgen train-generator ...``
+(``pathgen.pipelines.distributed``): each rank trains on its shard of the training patients
+(``--batch-size`` per rank), DDP averages gradients, rank 0 validates and decides, and only rank 0
+writes. The same code runs as one process without torchrun.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -17,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -27,6 +34,7 @@ from pathgen.eval.metrics import fidelity_report
 from pathgen.models.generator import PathGenDenoiser, make_config, sample, training_loss
 from pathgen.models.generator.checkpoint import EMA, load_checkpoint, save_checkpoint, versions
 from pathgen.pipelines.cohort import Cohort, add_cohort_arguments, load_cohort
+from pathgen.pipelines.distributed import Dist, check_in_sync, sharded_loader, wrap_ddp
 from pathgen.pipelines.runtime import make_loader, resolve_device, seed_everything
 from pathgen.pipelines.runtime import write_csv_log as _write_log
 from pathgen.utils.io import atomic_write_text
@@ -37,6 +45,7 @@ class TrainOptions:
     preset: str = "small"
     epochs: int = 40
     batch_size: int = 8
+    draws: int = 1  # noise draws per patient per step (they share the slide's co-attention pass)
     accumulate: int = 1
     lr: float = 3e-4
     weight_decay: float = 1e-2
@@ -74,12 +83,29 @@ def validate(model: PathGenDenoiser, schedule: NoiseSchedule, loader: DataLoader
     return float("nan") if v is None else float(v)
 
 
+class TrainStep(nn.Module):
+    """Context encoding + diffusion loss as ONE forward, so DDP sees every parameter use (the patch
+    projection included) and all-reduces all gradients."""
+
+    def __init__(self, model: PathGenDenoiser, schedule: NoiseSchedule, draws: int):
+        super().__init__()
+        self.model, self.schedule, self.draws = model, schedule, draws
+
+    def forward(self, features: torch.Tensor,  # [total_n, patch_dim]
+                cu_seqlens: torch.Tensor,  # [n_bags + 1] int32
+                max_seqlen: int,
+                x0: torch.Tensor) -> torch.Tensor:  # [n_bags, G_total]
+        ctx = self.model.encode_context(features, cu_seqlens, max_seqlen)
+        return training_loss(self.model, self.schedule, x0, ctx, draws=self.draws)
+
+
 def train_generator(cohort: Cohort, fold_k: int, out: Path, opts: TrainOptions, resume: bool = False,
-                    progress: bool = True) -> dict:
+                    progress: bool = True, dist: Dist | None = None) -> dict:
+    dist = dist or Dist()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(opts.seed)
-    device = resolve_device(opts.device)
+    device = dist.device(resolve_device(opts.device))
     fold = cohort.fold(fold_k)
     train_ids = cohort.cases_with_features(fold.train)
     val_ids = cohort.cases_with_features(fold.val)
@@ -112,39 +138,50 @@ def train_generator(cohort: Cohort, fold_k: int, out: Path, opts: TrainOptions, 
         start_epoch, best, best_epoch, bad_epochs = state["epoch"] + 1, state["best"], state["best_epoch"], \
             state["bad_epochs"]
         log_rows = state["log"]
-        torch.set_rng_state(state["rng"])
-    train_loader = make_loader(train_ds, opts.batch_size, True, opts.seed, opts.num_workers)
-    val_loader = make_loader(val_ds, opts.batch_size, False, opts.seed) if val_ds else None
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _null()
+        torch.set_rng_state(state["rng"])  # one process: the exact stream; ranks re-seed below
+    step_module = wrap_ddp(TrainStep(model, schedule, opts.draws), dist, device,
+                           find_unused_parameters=cfg.cond_dropout == 0)  # null_context unused then
+    if dist.active:  # ranks draw their own noise (weights come from rank 0)
+        seed_everything(opts.seed + 1009 * dist.rank + 7919 * start_epoch)
+    train_loader, set_epoch = sharded_loader(train_ds, opts.batch_size, opts.seed, dist, opts.num_workers)
+    val_loader = make_loader(val_ds, opts.batch_size, False, opts.seed) if val_ds and dist.is_main else None
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     extra = {"fold": fold.to_dict(), "fold_k": fold_k, "train_case_ids": train_ids, "options": dataclasses.asdict(opts)}
-    bar = tqdm(range(start_epoch, opts.epochs), desc=f"generator fold {fold_k}", disable=not progress,
+    bar = tqdm(range(start_epoch, opts.epochs), desc=f"generator fold {fold_k}", disable=not (progress and dist.is_main),
                initial=start_epoch, total=opts.epochs)
     for epoch in bar:
         t0 = time.perf_counter()
         model.train()
+        set_epoch(epoch)
         losses = []
         optim.zero_grad(set_to_none=True)
         for step, batch in enumerate(train_loader):
-            ctx = model.encode_context(batch["features"].to(device), batch["cu_seqlens"].to(device),
-                                       batch["max_seqlen"])
-            with amp:
-                loss = training_loss(model, schedule, batch["expression"].to(device), ctx)
-            (loss / opts.accumulate).backward()
-            if (step + 1) % opts.accumulate == 0 or step + 1 == len(train_loader):
+            boundary = (step + 1) % opts.accumulate == 0 or step + 1 == len(train_loader)
+            sync = contextlib.nullcontext() if boundary or not dist.active else step_module.no_sync()
+            with sync:
+                with amp:
+                    loss = step_module(batch["features"].to(device), batch["cu_seqlens"].to(device),
+                                       batch["max_seqlen"], batch["expression"].to(device))
+                (loss / opts.accumulate).backward()
+            if boundary:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 optim.step()
                 optim.zero_grad(set_to_none=True)
                 ema.update(model)
             losses.append(loss.item())
+        train_loss = dist.mean(float(np.mean(losses)), len(losses))
         due = (epoch + 1) % opts.val_every == 0 or epoch + 1 == opts.epochs
         if not due:
-            log_rows.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_spearman": float("nan"),
+            log_rows.append({"epoch": epoch, "train_loss": train_loss, "val_spearman": float("nan"),
                              "seconds": round(time.perf_counter() - t0, 3), "selection": "skipped"})
-            _write_log(out / "log.csv", log_rows)
+            if dist.is_main:
+                _write_log(out / "log.csv", log_rows)
             continue
+        # rank 0 validates and every rank takes its number, so all ranks stop at the same epoch
         val = validate(ema.model, schedule, val_loader, fam, device, opts.val_steps, opts.seed) if val_loader else \
             float("nan")
-        row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_spearman": val,
+        val = dist.broadcast(val)
+        row = {"epoch": epoch, "train_loss": train_loss, "val_spearman": val,
                "seconds": round(time.perf_counter() - t0, 3)}
         log_rows.append(row)
         # selection on validation patients only; with too few of them for a Spearman (< 3), on the
@@ -153,33 +190,33 @@ def train_generator(cohort: Cohort, fold_k: int, out: Path, opts: TrainOptions, 
         row["selection"] = "val_spearman" if not math.isnan(val) else "train_loss"
         if score > best:
             best, best_epoch, bad_epochs = score, epoch, 0
-            save_checkpoint(best_path, model_state=ema.model.state_dict(), config=cfg, families=fam,
-                            transform=transform, extra={**extra, "epoch": epoch, "val_spearman": val})
+            if dist.is_main:
+                save_checkpoint(best_path, model_state=ema.model.state_dict(), config=cfg, families=fam,
+                                transform=transform, extra={**extra, "epoch": epoch, "val_spearman": val})
         else:
             bad_epochs += 1
-        save_checkpoint(last_path, model_state=model.state_dict(), config=cfg, families=fam, transform=transform,
-                        extra={**extra, "ema": ema.model.state_dict(), "ema_steps": ema.steps, "optimizer": optim.state_dict(),
-                               "epoch": epoch, "best": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-                               "log": log_rows, "rng": torch.get_rng_state()})
-        _write_log(out / "log.csv", log_rows)
+        if dist.is_main:
+            save_checkpoint(last_path, model_state=model.state_dict(), config=cfg, families=fam, transform=transform,
+                            extra={**extra, "ema": ema.model.state_dict(), "ema_steps": ema.steps,
+                                   "optimizer": optim.state_dict(), "epoch": epoch, "best": best,
+                                   "best_epoch": best_epoch, "bad_epochs": bad_epochs, "log": log_rows,
+                                   "rng": torch.get_rng_state(), "world_size": dist.world})
+            _write_log(out / "log.csv", log_rows)
         bar.set_postfix(loss=f"{row['train_loss']:.4f}", val_rho=f"{val:.3f}", best=f"{best:.3f}")
         if bad_epochs >= opts.patience:
             break
+    in_sync = check_in_sync(model, dist, f"train-generator fold {fold_k}")
     summary = {"fold": fold_k, "best_epoch": best_epoch, "best_score": best,
                "selection": log_rows[-1]["selection"] if log_rows else None, "epochs_run": len(log_rows),
                "n_train": len(train_ids), "n_val": len(val_ids),
                "seconds_per_epoch": float(np.mean([r["seconds"] for r in log_rows])) if log_rows else None,
+               "world_size": dist.world, "batch_size_per_rank": opts.batch_size,
+               "global_batch_size": opts.batch_size * opts.accumulate * dist.world, "ranks_in_sync": in_sync,
                "checkpoint": str(best_path), "config": cfg.to_dict(), "versions": versions()}
-    atomic_write_text(out / "train_summary.json", json.dumps(summary, indent=2))
+    if dist.is_main:
+        atomic_write_text(out / "train_summary.json", json.dumps(summary, indent=2))
+    dist.barrier()  # nobody reads the checkpoint before rank 0 has written it
     return summary
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -199,9 +236,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    cohort = load_cohort(args, write_splits=out / "splits.json")
     opts = TrainOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainOptions)
                            if f.name not in ("overrides",)})
-    summary = train_generator(cohort, args.fold, out, opts, resume=args.resume, progress=not args.quiet)
-    print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
+    dist = Dist.for_device(resolve_device(opts.device))
+    try:
+        cohort = load_cohort(args, write_splits=out / "splits.json" if dist.is_main else None)
+        summary = train_generator(cohort, args.fold, out, opts, resume=args.resume, progress=not args.quiet,
+                                  dist=dist)
+    finally:
+        dist.close()
+    if dist.is_main:
+        print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
     return 0

@@ -50,6 +50,7 @@ from pathgen.models.predictor.factory import build_predictor, model_inputs
 from pathgen.models.predictor.layers import discrete_hazards
 from pathgen.models.predictor.output import PredictorOutput, predictor_loss
 from pathgen.pipelines.cohort import Cohort, add_cohort_arguments, load_cohort, save_splits
+from pathgen.pipelines.distributed import Dist, check_in_sync, sharded_loader, wrap_ddp
 from pathgen.pipelines.predictor_metrics import fold_metrics, mean_sd, pooled_bootstrap
 from pathgen.pipelines.runtime import make_loader, resolve_device, seed_everything
 from pathgen.pipelines.runtime import write_csv_log as _write_log
@@ -238,18 +239,22 @@ def prediction_frame(res: dict, fold_k: int, part: str, input_mode: str, categor
 # --------------------------------------------------------------------------------------------
 # one fold
 # --------------------------------------------------------------------------------------------
-def train_fold(cohort: Cohort, fold: Fold, opts: PredictorOptions, out: Path, *, progress: bool = True
-               ) -> tuple[dict, pd.DataFrame]:
+def train_fold(cohort: Cohort, fold: Fold, opts: PredictorOptions, out: Path, *, progress: bool = True,
+               dist: Dist | None = None) -> tuple[dict, pd.DataFrame | None]:
     """Train one fold with validation-based early stopping; predict every part with the best weights.
+
+    Under torchrun, every rank trains on its shard of the training patients (DDP), rank 0 scores
+    the validation part and its decision is broadcast, and rank 0 alone predicts and writes.
 
     Returns:
         ``(summary, predictions)``: the fold summary (parts sizes, best epoch, log, metrics of the
-        test part) and the per-patient prediction frame of all parts.
+        test part) and the per-patient prediction frame of all parts (None on ranks other than 0).
     """
+    dist = dist or Dist()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(opts.seed)
-    device = resolve_device(opts.device)
+    device = dist.device(resolve_device(opts.device))
     parts, dropped = fold_parts(fold, usable_cases(cohort, opts.model))
     if len(parts["train"]) < 4:
         raise ValueError(f"fold {fold.k}: only {len(parts['train'])} usable training patients (dropped "
@@ -286,26 +291,34 @@ def train_fold(cohort: Cohort, fold: Fold, opts: PredictorOptions, out: Path, *,
     model.heads.set_hazard_prior(discrete_hazards(train_ds.survival_bin, train_ds.censorship, bins.n_bins))
     model = model.to(device)
     optim = torch.optim.Adam(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
-    train_loader = make_loader(datasets["train"], opts.batch_size, True, opts.seed)
-    val_loader = make_loader(datasets["val"], opts.batch_size, False, opts.seed) if "val" in datasets else None
+    net = wrap_ddp(model, dist, device)
+    if dist.active:  # own dropout / patch-subsampling streams per rank (weights come from rank 0)
+        seed_everything(opts.seed + 1009 * dist.rank)
+    train_loader, set_epoch = sharded_loader(datasets["train"], opts.batch_size, opts.seed, dist)
+    has_val = "val" in datasets
+    val_loader = make_loader(datasets["val"], opts.batch_size, False, opts.seed) if has_val and dist.is_main else None
     ckpt_path = out / "predictor.pt"
     extra = {"fold": fold.to_dict(), "fold_k": fold.k, "parts": parts, "options": dataclasses.asdict(opts)}
     best, best_epoch, best_state, bad, log = math.inf, -1, None, 0, []
-    bar = tqdm(range(opts.epochs), desc=f"{opts.model} fold {fold.k}", disable=not progress, leave=False)
+    bar = tqdm(range(opts.epochs), desc=f"{opts.model} fold {fold.k}", disable=not (progress and dist.is_main),
+               leave=False)
     for epoch in bar:
         t0 = time.perf_counter()
         model.train()
+        set_epoch(epoch)
         losses = []
         for batch in train_loader:
-            o = model(**model_inputs(batch, cfg, device))
+            o = net(**model_inputs(batch, cfg, device))
             loss, _ = predictor_loss(o, batch["survival_bin"], batch["censorship"], batch["grade"], cfg)
             optim.zero_grad(set_to_none=True)
             loss.backward()
             optim.step()
             losses.append(float(loss.detach()))
-        row = {"epoch": epoch, "train_loss": float(np.mean(losses))}
-        if val_loader is not None:
-            score, vlog = validation_score(run_model(model, cfg, val_loader, device), cfg, opts.selection)
+        row = {"epoch": epoch, "train_loss": dist.mean(float(np.mean(losses)), len(losses))}
+        if has_val:  # rank 0 scores; every rank takes its decision
+            score, vlog = validation_score(run_model(model, cfg, val_loader, device), cfg, opts.selection) \
+                if dist.is_main else (None, None)
+            score, vlog = dist.broadcast((score, vlog))
         else:  # no validation patients: keep the last epoch (stated in the summary)
             score, vlog = -float(epoch), {}
         row.update(vlog)
@@ -314,17 +327,22 @@ def train_fold(cohort: Cohort, fold: Fold, opts: PredictorOptions, out: Path, *,
         if score < best:
             best, best_epoch, bad = score, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
-            save_predictor(ckpt_path, model_state=best_state, config=cfg, families=fam if uses_expr else None,
-                           transform=transform, bins=bins, grade_categories=categories,
-                           extra={**extra, "epoch": epoch, "val": vlog})
+            if dist.is_main:
+                save_predictor(ckpt_path, model_state=best_state, config=cfg, families=fam if uses_expr else None,
+                               transform=transform, bins=bins, grade_categories=categories,
+                               extra={**extra, "epoch": epoch, "val": vlog})
         else:
             bad += 1
-        _write_log(out / "log.csv", log)
+        if dist.is_main:
+            _write_log(out / "log.csv", log)
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", val=f"{score:.3f}", best_epoch=best_epoch)
         if bad >= opts.patience:
             break
     bar.close()
+    in_sync = check_in_sync(model, dist, f"train-predictor fold {fold.k}")
     model.load_state_dict(best_state)
+    if not dist.is_main:
+        return {"fold": fold.k, "rank": dist.rank, "ranks_in_sync": in_sync}, None
     input_mode = "real" if uses_expr else "none"
     frames = []
     for name, ds in datasets.items():
@@ -338,6 +356,7 @@ def train_fold(cohort: Cohort, fold: Fold, opts: PredictorOptions, out: Path, *,
                "best_epoch": best_epoch, "epochs_run": len(log), "selection": opts.selection if val_loader else
                "last epoch (no validation patients)", "best_val_score": best,
                "best_val": next((r for r in log if r["epoch"] == best_epoch), None), "survival_bins": bins.to_dict(),
+               "world_size": dist.world, "batch_size_per_rank": opts.batch_size, "ranks_in_sync": in_sync,
                "checkpoint": str(ckpt_path), **metrics, "log": log}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=_json_default))
     return summary, preds
@@ -368,7 +387,7 @@ def _clean(o):
 # cross-validation
 # --------------------------------------------------------------------------------------------
 def train_predictor_cv(cohort: Cohort, opts: PredictorOptions, out: Path, *, folds: Sequence[int] | None = None,
-                       inputs: dict | None = None, progress: bool = True) -> dict:
+                       inputs: dict | None = None, progress: bool = True, dist: Dist | None = None) -> dict | None:
     """Run the k-fold CV and write the run folder (see module docstring).
 
     Args:
@@ -379,28 +398,34 @@ def train_predictor_cv(cohort: Cohort, opts: PredictorOptions, out: Path, *, fol
         inputs: how the cohort was loaded (paths), stored in ``run.json`` for ``pathgen evaluate``.
 
     Returns:
-        The ``metrics.json`` content.
+        The ``metrics.json`` content (None on ranks other than 0 of a torchrun job).
     """
+    dist = dist or Dist()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cases = cohort.manifest.cases()
     cases.index = cases.index.astype(str)
     resolved = resolve_folds(cohort.folds, cases, opts.inner_val_fraction, opts.seed)
-    save_splits(out / "splits.json", resolved)
+    if dist.is_main:
+        save_splits(out / "splits.json", resolved)
     cohort = dataclasses.replace(cohort, folds=resolved)
     todo = [f for f in resolved if folds is None or f.k in set(folds)]
     if not todo:
         raise ValueError(f"none of folds {list(folds or [])} is in the splits (have {[f.k for f in resolved]})")
     categories = grade_categories(cohort, opts.use_grade)
-    atomic_write_text(out / "run.json", json.dumps(_clean({
-        "model": opts.model, "inputs": inputs or {}, "options": dataclasses.asdict(opts),
-        "grade_categories": categories, "folds": [f.k for f in todo], "versions": versions()}), indent=2))
+    if dist.is_main:
+        atomic_write_text(out / "run.json", json.dumps(_clean({
+            "model": opts.model, "inputs": inputs or {}, "options": dataclasses.asdict(opts),
+            "grade_categories": categories, "folds": [f.k for f in todo], "world_size": dist.world,
+            "versions": versions()}), indent=2))
     summaries, frames = [], []
     t0 = time.perf_counter()
-    for f in tqdm(todo, desc=f"train-predictor {opts.model}", disable=not progress):
-        s, p = train_fold(cohort, f, opts, out / f"fold_{f.k}", progress=progress)
+    for f in tqdm(todo, desc=f"train-predictor {opts.model}", disable=not (progress and dist.is_main)):
+        s, p = train_fold(cohort, f, opts, out / f"fold_{f.k}", progress=progress, dist=dist)
         summaries.append(s)
         frames.append(p)
+    if not dist.is_main:
+        return None
     preds = pd.concat(frames, ignore_index=True)
     with atomic_path(out / "predictions.csv") as tmp:
         preds.to_csv(tmp, index=False)
@@ -495,8 +520,15 @@ def main(args: argparse.Namespace) -> int:
     opts = PredictorOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PredictorOptions)
                                if f.name != "use_grade"}, use_grade=not args.no_grade)
     folds = [int(x) for x in args.folds.split(",")] if args.folds else None
-    metrics = train_predictor_cv(cohort, opts, out, folds=folds, inputs=cohort_inputs(args),
-                                 progress=not args.quiet)
+    dist = Dist.for_device(resolve_device(opts.device))
+    try:
+        metrics = train_predictor_cv(cohort, opts, out, folds=folds, inputs=cohort_inputs(args),
+                                     progress=not args.quiet, dist=dist)
+        dist.barrier()  # rank 0 has written every file
+    finally:
+        dist.close()
+    if not dist.is_main:
+        return 0
     print(format_summary(metrics))
     print(f"wrote {out / 'metrics.json'} and {out / 'predictions.csv'}")
     return 0

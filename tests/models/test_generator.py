@@ -117,6 +117,26 @@ def test_loss_decreases_on_tiny_overfit():
     assert after < 0.6 * before, (before, after)
 
 
+def test_noise_draws_share_the_slide_pass():
+    """draws=K == the same K noisings with each bag repeated K times (one co-attention pass per slide)."""
+    model = _model(dropout=0.0).eval()  # eval: no condition dropout
+    sched = NoiseSchedule()
+    lengths = (7, 3, 13)
+    feats = torch.randn(sum(lengths), 12, generator=torch.Generator().manual_seed(1))
+    cu = torch.tensor([0, *np.cumsum(lengths)], dtype=torch.int32)
+    x0 = torch.rand(3, 13) * 2 - 1
+    K = 3
+    shared = training_loss(model, sched, x0, model.encode_context(feats, cu), draws=K,
+                           generator=torch.Generator().manual_seed(5))
+    rep = [feats[cu[i]:cu[i + 1]] for i in range(3) for _ in range(K)]
+    cu_rep = torch.tensor([0, *np.cumsum([len(r) for r in rep])], dtype=torch.int32)
+    repeated = training_loss(model, sched, x0.repeat_interleave(K, 0), model.encode_context(torch.cat(rep), cu_rep),
+                             generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(shared, repeated, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(shared, training_loss(model, sched, x0, model.encode_context(feats, cu), draws=1,
+                                                    generator=torch.Generator().manual_seed(5)))
+
+
 def _args(paths, out, **kw):
     ns = argparse.Namespace(manifest=paths["manifest"], expression=paths["expression"],
                             signatures=paths["signatures"], features=paths["features"], splits=None,

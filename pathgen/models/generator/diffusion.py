@@ -23,9 +23,17 @@ def family_loss(pred: torch.Tensor,  # [B, G_total]
 
 def training_loss(model: PathGenDenoiser, schedule: NoiseSchedule,
                   x0: torch.Tensor,  # [B, G_total] transformed expression
-                  ctx: SlideContext, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Sample t ~ U{0..T-1} and noise, noise x0 (DDPM eq. 4), predict, and score."""
+                  ctx: SlideContext, generator: torch.Generator | None = None, draws: int = 1) -> torch.Tensor:
+    """Sample t ~ U{0..T-1} and noise, noise x0 (DDPM eq. 4), predict, and score.
+
+    ``draws`` > 1 noises every patient's expression that many times (each with its own t and
+    noise) in one pass: the draws of a slide share its co-attention pass over the patch bag (they
+    are extra query rows, like the K samples at synthesis), so each step sees ``draws`` times more
+    (noise level, target) pairs for little more than the cost of one.
+    """
     cfg = model.cfg
+    if draws > 1:
+        x0 = x0.repeat_interleave(draws, dim=0)  # [n_bags * draws, G_total], bag-major
     B = x0.shape[0]
     dev = x0.device
     t = torch.randint(0, schedule.num_train_timesteps, (B,), device=dev, generator=generator)
@@ -34,7 +42,7 @@ def training_loss(model: PathGenDenoiser, schedule: NoiseSchedule,
     cond = None
     if cfg.cond_dropout > 0 and model.training:
         cond = torch.rand(B, device=dev, generator=generator) >= cfg.cond_dropout
-    pred = model(x_t, t, ctx, cond=cond)
+    pred = model(x_t, t, ctx, cond=cond, samples_per_bag=draws)
     if cfg.prediction == "epsilon":
         target = noise
     elif cfg.prediction == "v_prediction":
