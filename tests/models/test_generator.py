@@ -159,6 +159,21 @@ def trained(tmp_path_factory):
     return paths, run, cohort, opts, summary
 
 
+def test_published_layernorm_and_old_checkpoints():
+    """``patch_norm="layernorm"`` (per patch) stays available, and configs saved before the option
+    existed load as layernorm models (their state dicts have no standardisation buffers)."""
+    ln = _model(patch_norm="layernorm")
+    assert isinstance(ln.patch_norm, torch.nn.LayerNorm) and not hasattr(ln, "patch_mean")
+    d = ln.cfg.to_dict()
+    d.pop("patch_norm")
+    old = PathGenDenoiser(type(ln.cfg).from_dict(d))
+    old.load_state_dict(ln.state_dict())  # strict: same keys
+    std = _model()
+    assert std.cfg.patch_norm == "standardize" and "patch_mean" in std.state_dict()
+    with pytest.raises(ValueError, match="patch_norm"):
+        _model(patch_norm="batchnorm")
+
+
 def test_checkpoint_round_trip_and_resume(trained):
     paths, run, cohort, opts, summary = trained
     assert summary["epochs_run"] == 3
@@ -170,6 +185,11 @@ def test_checkpoint_round_trip_and_resume(trained):
     from pathgen.data.transforms import ExpressionTransform
     refit = ExpressionTransform.fit_on(cohort.expression.loc[:, fam.columns], ckpt["train_case_ids"], method="minmax")
     np.testing.assert_allclose(refit.state_dict()["center"], transform.state_dict()["center"])
+    # patch standardisation: per-feature statistics of the TRAINING patients' patches only
+    from pathgen.data.bags import read_h5_bag
+    train_patches = np.concatenate([read_h5_bag(p)[0] for c in ckpt["train_case_ids"] for p in cohort.features[c]])
+    np.testing.assert_allclose(model.patch_mean.numpy(), train_patches.mean(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(model.patch_std.numpy(), train_patches.std(0), rtol=1e-3, atol=1e-5)
     # same weights -> same outputs
     again, _, _ = model_from_checkpoint(load_checkpoint(run / "generator.pt"))
     x, t = torch.randn(2, 13), torch.tensor([3, 700])
@@ -213,3 +233,17 @@ def test_synthesize_and_evaluate_outputs(trained, tmp_path):
             assert key in m["families"][fam]
         assert key in m["baselines"]["ridge"]["overall"] and key in m["baselines"]["train_mean"]["overall"]
     assert (tmp_path / "eval" / "metrics.json").exists() and (tmp_path / "eval" / "fidelity.png").exists()
+
+
+def test_validation_score_is_the_mean_per_gene_spearman():
+    from scipy.stats import spearmanr
+
+    from pathgen.pipelines.train_generator import mean_gene_spearman
+
+    rng = np.random.default_rng(0)
+    R = rng.normal(size=(7, 30))
+    S = R + rng.normal(size=(7, 30))
+    S[:, 3] = 1.0  # constant column: no rho, skipped
+    want = np.mean([spearmanr(R[:, g], S[:, g]).statistic for g in range(30) if g != 3])
+    assert mean_gene_spearman(R, S) == pytest.approx(want, abs=1e-12)
+    assert np.isnan(mean_gene_spearman(R, np.ones_like(R)))

@@ -30,6 +30,7 @@ class GeneratorConfig:
     loss: str = "l1_mse"  # "(L1 + MSE)/2 per family" (PathGen) | "mse"
     cond_dropout: float = 0.1  # P(drop the slide) in training: enables classifier-free guidance
     clip_sample: tuple[float, float] | None = None  # clamp of predicted x0 while sampling
+    patch_norm: str = "standardize"  # per feature with training-patch stats | "layernorm" (per patch, published)
     attention_form: str = "auto"  # "auto" | "folded" | "unfolded" (pathgen.nn.CoAttention)
     schedule: ScheduleConfig = ScheduleConfig()
 
@@ -40,6 +41,8 @@ class GeneratorConfig:
             raise ValueError(f"prediction must be epsilon|v_prediction|sample, got {self.prediction!r}")
         if self.loss not in ("l1_mse", "mse"):
             raise ValueError(f"loss must be l1_mse|mse, got {self.loss!r}")
+        if self.patch_norm not in ("layernorm", "standardize"):
+            raise ValueError(f"patch_norm must be layernorm|standardize, got {self.patch_norm!r}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} is not a multiple of n_heads {self.n_heads}")
 
@@ -54,6 +57,7 @@ class GeneratorConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "GeneratorConfig":
         d = dict(d)
+        d.setdefault("patch_norm", "layernorm")  # checkpoints written before the option existed
         d["schedule"] = ScheduleConfig.from_dict(d.get("schedule", {}))
         for k in ("family_names", "family_sizes", "encoder_hidden", "decoder_hidden"):
             d[k] = tuple(d[k])

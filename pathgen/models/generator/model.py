@@ -10,8 +10,8 @@ LayerNorm with zero-initialised gates (DiT's adaLN-Zero):
     tokens += gate3 * MLP(adaLN3(tokens))
 
 and per-family decoders map tokens back to gene space (epsilon or v). Patch features are
-LayerNorm-ed and projected ONCE per slide (``encode_context``); every denoising step then reads
-them through ``pathgen.nn.CoAttention`` in its folded form, whose per-step cost is one pass over
+standardised per feature (training-patch statistics) and projected ONCE per slide
+(``encode_context``); every denoising step then reads them through ``pathgen.nn.CoAttention`` in its folded form, whose per-step cost is one pass over
 the projected bag and which never materialises per-patch keys or values. K samples of one slide
 share the pass: their K x F tokens are the op's query rows for that slide.
 """
@@ -115,7 +115,17 @@ class PathGenDenoiser(nn.Module):
         self.decoders = nn.ModuleList(mlp([d, *cfg.decoder_hidden, g], cfg.dropout) for g in cfg.family_sizes)
         self.family_embedding = nn.Parameter(torch.randn(len(cfg.family_sizes), d) * 0.02)
         self.time_mlp = nn.Sequential(nn.Linear(cfg.time_dim, 4 * d), nn.Mish(), nn.Linear(4 * d, d))
-        self.patch_norm = nn.LayerNorm(cfg.patch_dim)
+        # "standardize": per feature, with the mean / sd of the TRAINING patients' patches
+        # (``set_patch_stats``); "layernorm": per patch (published), which removes each patch's overall
+        # level and scale across features. On the demo cohort's stain statistics that level is the
+        # signal (fold 0, same model and training: held-out per-gene Spearman peaks at 0.42 with
+        # standardisation, 0.32 with LayerNorm; ridge 0.40).
+        if cfg.patch_norm == "standardize":
+            self.patch_norm = nn.Identity()
+            self.register_buffer("patch_mean", torch.zeros(cfg.patch_dim))
+            self.register_buffer("patch_std", torch.ones(cfg.patch_dim))
+        else:
+            self.patch_norm = nn.LayerNorm(cfg.patch_dim)
         self.patch_proj = nn.Linear(cfg.patch_dim, cfg.ctx_dim)
         self.blocks = nn.ModuleList(DenoiserBlock(cfg) for _ in range(cfg.n_blocks))
         self.final_norm = nn.LayerNorm(d, elementwise_affine=False)
@@ -123,12 +133,21 @@ class PathGenDenoiser(nn.Module):
         nn.init.zeros_(self.final_ada[1].weight)
         nn.init.zeros_(self.final_ada[1].bias)
 
+    @torch.no_grad()
+    def set_patch_stats(self, mean: torch.Tensor,  # [patch_dim]
+                        std: torch.Tensor) -> None:  # [patch_dim]
+        """Per-feature standardisation of patches (fit on training patients only)."""
+        self.patch_mean.copy_(mean)
+        self.patch_std.copy_(std.clamp_min(1e-6))
+
     def encode_context(self, features: torch.Tensor,  # [total_n, patch_dim]
                        cu_seqlens: torch.Tensor,  # [n_bags + 1] int32
                        max_seqlen: int | None = None) -> SlideContext:
         """Normalise and project the patch bags once; reuse the result at every denoising step."""
         if max_seqlen is None:
             max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max()) if cu_seqlens.numel() > 1 else 0
+        if self.cfg.patch_norm == "standardize":
+            features = (features - self.patch_mean) / self.patch_std
         x = self.patch_proj(self.patch_norm(features))
         return SlideContext(x=x, cu_seqlens=cu_seqlens.to(torch.int32), max_seqlen=int(max_seqlen))
 
