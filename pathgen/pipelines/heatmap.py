@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -230,8 +231,15 @@ def _wanted_cases(spec: str | None) -> set[str] | None:
 def run_heatmaps(out: Path, manifest: Path, attention: Path | None = None, features: Path | None = None,
                  style: HeatmapStyle = HeatmapStyle(), top_k: int = 8, block: str = "mean",
                  predictor: Path | None = None, expression: Path | None = None, cases: str | None = None,
-                 max_cases: int | None = None, device: str = "cpu", progress: bool = True) -> dict:
-    """Write every map (module docstring) and ``index.json``; returns the index."""
+                 max_cases: int | None = None, device: str = "cpu", progress: bool = True,
+                 overwrite: bool = False) -> dict:
+    """Write every map (module docstring) and ``index.json``; returns the index.
+
+    Resumable: a patient whose maps are complete has ``<case_id>/entry.json`` (written last,
+    atomically) recording the settings and inputs it was drawn with; a re-run with the same ones
+    skips that patient (``overwrite`` redraws everything). A patient whose maps fail is logged,
+    listed under ``failed`` in the index, and the others go on.
+    """
     if attention is None and predictor is None:
         raise ValueError("pathgen heatmap: give --attention (generator maps) and/or --predictor")
     out = Path(out)
@@ -257,12 +265,41 @@ def run_heatmaps(out: Path, manifest: Path, attention: Path | None = None, featu
                        "thumb_size": style.thumb_size, "block": block, "top_k": top_k},
              "attention": str(attention) if attention else None, "predictor": str(predictor) if predictor else None,
              "expression": str(expression) if expression else None, "cases": {}}
+    index["failed"], index["skipped_done"] = {}, 0
     for case, path, sids in tqdm(jobs, desc="heatmaps", unit="patient", disable=not progress):
-        maps = read_attention_h5(path) if path is not None else None
-        slides = maps.slide_ids if maps is not None else sids
-        index["cases"][case] = heatmaps_for_case(maps, case, slides, lookup, out, style, top_k, block, pm)
+        key = {"style": index["style"], "inputs": [_stamp(path), _stamp(predictor), _stamp(expression)],
+               "slides": sids}
+        done = out / case / "entry.json"
+        if not overwrite and done.is_file():
+            prev = json.loads(done.read_text())
+            if prev.get("key") == key:
+                index["cases"][case] = prev["entry"]
+                index["skipped_done"] += 1
+                continue
+        try:
+            try:
+                maps = read_attention_h5(path) if path is not None else None
+            except (OSError, KeyError) as e:
+                raise ValueError(f"{path}: unreadable attention file ({e}); write it again with "
+                                 "`pathgen synthesize --save-attention`") from e
+            slides = maps.slide_ids if maps is not None else sids
+            entry = heatmaps_for_case(maps, case, slides, lookup, out, style, top_k, block, pm)
+        except (OSError, ValueError, KeyError) as e:
+            index["failed"][case] = f"{type(e).__name__}: {e}"
+            print(f"heatmap: {case}: skipped ({e})", file=sys.stderr)
+            continue
+        atomic_write_text(done, json.dumps({"key": key, "entry": entry}, indent=1))
+        index["cases"][case] = entry
     atomic_write_text(out / "index.json", json.dumps(index, indent=2))
     return index
+
+
+def _stamp(path: Path | None) -> list | None:
+    """Path, size and mtime of an input: a changed input redraws its patient's maps."""
+    if path is None:
+        return None
+    st = Path(path).stat()
+    return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -288,13 +325,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cases", default=None, help="comma-separated case ids or a file of them (default: all)")
     p.add_argument("--max-cases", type=int, default=None, help="draw at most this many patients")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--overwrite", action="store_true", help="redraw patients whose maps are already complete")
 
 
 def main(args: argparse.Namespace) -> int:
     style = HeatmapStyle(scale=args.scale, smooth=args.smooth, cmap=args.cmap, alpha=args.alpha,
                          thumb_size=args.thumb_size)
     index = run_heatmaps(args.out, args.manifest, args.attention, args.features, style, args.top_k, args.block,
-                         args.predictor, args.expression, args.cases, args.max_cases, args.device)
+                         args.predictor, args.expression, args.cases, args.max_cases, args.device,
+                         overwrite=args.overwrite)
     n_png = sum(1 for _ in Path(args.out).rglob("*.png"))
-    print(f"wrote {n_png} PNGs for {len(index['cases'])} patients to {args.out} (index: {args.out}/index.json)")
-    return 0
+    print(f"{n_png} PNGs for {len(index['cases'])} patients in {args.out} ({index['skipped_done']} already complete, "
+          f"{len(index['failed'])} failed; index: {args.out}/index.json)")
+    return 2 if index["failed"] else 0

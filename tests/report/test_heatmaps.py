@@ -238,6 +238,23 @@ def test_cli_writes_maps_grid_montage_distributed_and_index(tmp_path, slide, bag
     s2 = p2["slides"]["missing-slide"]
     assert "not found" in s2["note"] and "topk" not in s2["generator"] and "predictor" not in s2
     assert any("no feature file" in n for n in p2["notes"])
+    # a re-run skips the complete patients; a changed input redraws only its patient; a corrupt one is
+    # recorded as failed (exit 2) while the rest stay
+    args = ["--attention", str(att_dir), "--manifest", str(manifest), "--features", str(feats_dir), "--out", str(out),
+            "--thumb-size", "256", "--top-k", "4", "--block", "0", "--smooth", "0.2", "--predictor", str(ckpt)]
+    grid = out / p1["grid"]
+    before = grid.stat().st_mtime_ns
+    assert _cli(args) == 0
+    again = json.loads((out / "index.json").read_text())
+    assert again["skipped_done"] == 2 and again["cases"] == index["cases"] and grid.stat().st_mtime_ns == before
+    (att_dir / "P2.h5").write_bytes(b"not an hdf5 file")
+    assert _cli(args) == 2
+    third = json.loads((out / "index.json").read_text())
+    assert list(third["failed"]) == ["P2"] and "P2.h5" in third["failed"]["P2"]
+    assert "--save-attention" in third["failed"]["P2"]
+    assert third["skipped_done"] == 1 and "P1" in third["cases"]
+    assert _cli([*args, "--overwrite", "--cases", "P1"]) == 0
+    assert grid.stat().st_mtime_ns > before
 
 
 def _tiny_predictor(kind: str = "slide"):
