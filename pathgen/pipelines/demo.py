@@ -6,9 +6,9 @@ also runs on its own through its subcommand, on the same files):
  1. cohort      ``make-demo-cohort``: real TCGA-BLCA expression + survival, one rendered slide per case
  2. features    ``embed`` (weight-free ``stain-stats`` encoder; patches the slides first)
  3. splits      patient-level folds with validation and calibration parts (``splits.json``)
- 4. generator   ``train-generator`` on each fold's training patients
- 5. synthesis   ``synthesize``: each fold's generator writes its own test + calibration patients, so
-                every synthesized profile comes from a model that never saw that patient
+ 4. generator   ``train-generator`` on each fold's training patients, ``gen_members`` seeds per fold
+ 5. synthesis   ``synthesize``: each fold's generators (one ensemble) write its own test + calibration
+                patients, so every synthesized profile comes from models that never saw that patient
  6. fidelity    ``evaluate-generator`` per fold, with the training-mean and ridge baselines
  7. predictor   ``train-predictor``: slide-only and multimodal (trained on real expression)
  8. evaluation  ``evaluate``: slide-only vs slide + real vs slide + synthesized, CIs and p-values
@@ -43,6 +43,7 @@ class DemoConfig:
     gen_epochs: int = 40
     gen_patience: int = 12  # epochs (validated every epoch) without improvement
     gen_draws: int = 16  # noise draws per patient per step
+    gen_members: int = 3  # generators per fold (seeds), synthesized as one ensemble
     gen_max_patches: int = 512
     samples: int = 3
     steps: int = 50
@@ -55,7 +56,7 @@ class DemoConfig:
     @classmethod
     def quick(cls) -> "DemoConfig":
         # alpha 0.2: the quick cohort's pooled calibration set (~6 patients) is too small for 0.1
-        return cls(cases=24, size=1024, n_folds=3, gen_epochs=4, gen_patience=2, gen_max_patches=256,
+        return cls(cases=24, size=1024, n_folds=3, gen_epochs=4, gen_patience=2, gen_max_patches=256, gen_members=1,
                    samples=2, steps=10, pred_epochs=4, pred_patience=4, n_boot=100, alpha=0.2, heatmap_cases=1)
 
 
@@ -119,8 +120,9 @@ def run_demo(run: Path, cfg: DemoConfig, device: str = "auto") -> dict:
 
     # 4-6: generator per fold, out-of-fold synthesis, fidelity
     for k in folds:
-        stage(f"generator fold {k}", run / "generator" / f"fold{k}" / "train_summary.json",
-              lambda k=k: _train_generator(cohort, k, run, cfg, device))
+        for i in range(cfg.gen_members):
+            stage(f"generator fold {k}" + (f" member {i}" if i else ""), _member_dir(run, k, i) / "train_summary.json",
+                  lambda k=k, i=i: _train_generator(cohort, k, run, cfg, device, i))
         stage(f"synthesis fold {k}", run / "synth" / f"fold{k}" / "synthesized.csv",
               lambda k=k: _synthesize(cohort, k, run, cfg, device))
         stage(f"fidelity fold {k}", run / "generator_eval" / f"fold{k}" / "metrics.json",
@@ -148,23 +150,29 @@ def run_demo(run: Path, cfg: DemoConfig, device: str = "auto") -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-def _train_generator(cohort, k, run, cfg, device):
+def _member_dir(run: Path, k: int, i: int) -> Path:
+    """Fold k's generator i: member 0 in ``generator/fold<k>``, the others in ``.../member<i>``."""
+    return run / "generator" / f"fold{k}" / (f"member{i}" if i else "")
+
+
+def _train_generator(cohort, k, run, cfg, device, member: int = 0):
     from pathgen.pipelines.train_generator import TrainOptions, train_generator
 
     # x0 ("sample") prediction: with ~35 training patients and a small model, epsilon prediction
     # through the per-family encoder/decoder bottleneck never learned the near-identity eps map of
     # 3,000-gene vectors (held-out per-gene Spearman 0.01 vs 0.29 for x0 on fold 0 of this cohort)
     opts = TrainOptions(epochs=cfg.gen_epochs, patience=cfg.gen_patience, max_patches=cfg.gen_max_patches,
-                        seed=cfg.seed + k, device=device, batch_size=4, lr=1e-3, val_steps=10, val_every=1,
-                        draws=cfg.gen_draws, prediction="sample")
-    train_generator(cohort, k, run / "generator" / f"fold{k}", opts)
+                        seed=cfg.seed + k + 100 * member, device=device, batch_size=4, lr=1e-3, val_steps=10,
+                        val_every=1, draws=cfg.gen_draws, prediction="sample")
+    train_generator(cohort, k, _member_dir(run, k, member), opts)
 
 
 def _synthesize(cohort, k, run, cfg, device):
     from pathgen.pipelines.synthesize import synthesize
 
     fold = cohort.fold(k)
-    synthesize(run / "generator" / f"fold{k}" / "generator.pt", cohort, fold.test + fold.calibration,
+    members = [_member_dir(run, k, i) / "generator.pt" for i in range(cfg.gen_members)]
+    synthesize(members, cohort, fold.test + fold.calibration,
                run / "synth" / f"fold{k}", samples=cfg.samples, steps=cfg.steps, seed=cfg.seed + k, device=device,
                save_attention=True)
 

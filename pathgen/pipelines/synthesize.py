@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Sequence
 
 import h5py
 import numpy as np
@@ -28,17 +29,44 @@ from pathgen.pipelines.train_generator import make_loader, resolve_device
 from pathgen.utils.io import atomic_path
 
 
-def synthesize(ckpt_path: Path, cohort: Cohort, case_ids: list[str], out: Path, *, samples: int = 3,
-               steps: int = 50, mode: str = "ddim", eta: float = 0.0, guidance_scale: float | None = None,
-               seed: int = 0, batch_size: int = 8, device: str = "auto", save_attention: bool = False,
-               progress: bool = True) -> pd.DataFrame:
+def load_members(ckpt_paths: Sequence[Path], device) -> list[tuple]:
+    """Load one generator or an ensemble of them: ``[(model, families, transform, ckpt)]``.
+
+    Members must generate the same gene columns and, when they record one, come from the same
+    training patients (an ensemble over folds would leak held-out patients into each other).
+    """
+    members = []
+    for p in ckpt_paths:
+        ckpt = load_checkpoint(p)
+        model, fam, transform = model_from_checkpoint(ckpt, device)
+        if members:
+            fam0, ck0 = members[0][1], members[0][3]
+            if list(fam.columns) != list(fam0.columns) or fam.sizes != fam0.sizes:
+                raise ValueError(f"{p}: its gene families differ from {ckpt_paths[0]}'s; ensemble members must "
+                                 "be trained on the same families")
+            if sorted(ckpt.get("train_case_ids") or []) != sorted(ck0.get("train_case_ids") or []):
+                raise ValueError(f"{p}: trained on other patients than {ckpt_paths[0]}; ensemble only the "
+                                 "generators of one fold")
+        members.append((model, fam, transform, ckpt))
+    return members
+
+
+def synthesize(ckpt_path: Path | Sequence[Path], cohort: Cohort, case_ids: list[str], out: Path, *,
+               samples: int = 3, steps: int = 50, mode: str = "ddim", eta: float = 0.0,
+               guidance_scale: float | None = None, seed: int = 0, batch_size: int = 8, device: str = "auto",
+               save_attention: bool = False, progress: bool = True) -> pd.DataFrame:
     """Synthesize expression for ``case_ids`` (those with feature files); returns the mean table
-    (case_id x unique genes, input units) and writes the files described in the module docstring."""
+    (case_id x unique genes, input units) and writes the files described in the module docstring.
+
+    ``ckpt_path`` may list several generators of one fold (a deep ensemble, e.g. several seeds):
+    each draws ``samples`` samples per patient, the table is the mean over all members x samples,
+    and ``samples.h5`` holds them all [P, members x K, G]; attention maps come from the first member.
+    """
     out = Path(out)
     dev = resolve_device(device)
-    ckpt = load_checkpoint(ckpt_path)
-    model, fam, transform = model_from_checkpoint(ckpt, dev)
-    schedule = NoiseSchedule(model.cfg.schedule)
+    paths = [Path(ckpt_path)] if isinstance(ckpt_path, (str, Path)) else [Path(p) for p in ckpt_path]
+    members = load_members(paths, dev)
+    model, fam, transform, ckpt = members[0]
     ids = cohort.cases_with_features(case_ids)
     missing = sorted(set(case_ids) - set(ids))
     if missing:
@@ -51,21 +79,28 @@ def synthesize(ckpt_path: Path, cohort: Cohort, case_ids: list[str], out: Path, 
     all_samples, att_dir = [], out / "attention"
     bar = tqdm(total=len(ids), desc="synthesize", unit="patient", disable=not progress)
     for batch in loader:
-        ctx = model.encode_context(batch["features"].to(dev), batch["cu_seqlens"].to(dev), batch["max_seqlen"])
-        res = sample(model, schedule, ctx, samples_per_bag=samples, steps=steps, mode=mode, eta=eta,
-                     guidance_scale=guidance_scale, generator=g, need_weights=save_attention)
-        x, maps = res if save_attention else (res, None)
-        x = x.float().cpu().numpy()  # [b, K, G] transformed units
-        b = x.shape[0]
-        raw = transform.inverse_transform(x.reshape(b * samples, -1)).reshape(b, samples, -1)
+        feats, cu = batch["features"].to(dev), batch["cu_seqlens"].to(dev)
+        parts, maps = [], None
+        for m, (member, _, member_transform, _) in enumerate(members):
+            ctx = member.encode_context(feats, cu, batch["max_seqlen"])
+            res = sample(member, NoiseSchedule(member.cfg.schedule), ctx, samples_per_bag=samples, steps=steps,
+                         mode=mode, eta=eta, guidance_scale=guidance_scale, generator=g,
+                         need_weights=save_attention and m == 0)
+            x, mp = res if save_attention and m == 0 else (res, None)
+            maps = mp if m == 0 else maps
+            x = x.float().cpu().numpy()  # [b, K, G] transformed units
+            b = x.shape[0]
+            parts.append(member_transform.inverse_transform(x.reshape(b * samples, -1)).reshape(b, samples, -1))
+        raw = np.concatenate(parts, axis=1)  # [b, members * K, G] input units
         all_samples.append(raw)
         if save_attention:
             _save_attention(att_dir, batch, maps, samples, len(fam.names), fam.names)
         bar.update(b)
     bar.close()
-    S = np.concatenate(all_samples).astype(np.float32)  # [P, K, G]
+    S = np.concatenate(all_samples).astype(np.float32)  # [P, members * K, G]
     mean = _unique_columns(pd.DataFrame(S.mean(1), index=pd.Index(ids, name="case_id"), columns=fam.columns))
-    meta = {"checkpoint": str(ckpt_path), "samples": samples, "steps": steps, "mode": mode, "eta": eta,
+    meta = {"checkpoint": str(paths[0]), "checkpoints": [str(p) for p in paths], "members": len(paths),
+            "samples": samples, "steps": steps, "mode": mode, "eta": eta,
             "guidance_scale": guidance_scale, "seed": seed, "families": fam.to_dict(), "versions": versions(),
             "fold_k": ckpt.get("fold_k")}
     out.mkdir(parents=True, exist_ok=True)
@@ -75,7 +110,7 @@ def synthesize(ckpt_path: Path, cohort: Cohort, case_ids: list[str], out: Path, 
     with atomic_path(out / "synthesized.parquet") as tmp:
         table.to_parquet(tmp, index=False)
     with atomic_path(out / "samples.h5") as tmp, h5py.File(tmp, "w") as f:
-        f.create_dataset("samples", data=S, compression="gzip")  # [P, K, G]
+        f.create_dataset("samples", data=S, compression="gzip")  # [P, members * K, G]
         f.create_dataset("case_ids", data=np.array(ids, dtype=h5py.string_dtype()))
         f.create_dataset("genes", data=np.array(fam.columns, dtype=h5py.string_dtype()))
         f.attrs["meta"] = json.dumps(meta)
@@ -118,7 +153,8 @@ def select_cases(cohort: Cohort, which: str, fold_k: int | None) -> list[str]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", type=Path, required=True, help="generator checkpoint (generator.pt)")
+    p.add_argument("--model", type=Path, nargs="+", required=True,
+                   help="generator checkpoint (generator.pt); several of one fold = an ensemble, averaged")
     add_cohort_arguments(p)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--cases", default="test", help="all | test | val | calibration | heldout | FILE of case ids")
@@ -133,9 +169,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    ckpt = load_checkpoint(args.model)
+    ckpt = load_checkpoint(args.model[0])
     if args.splits is None:  # the generator's own split
-        cand = Path(args.model).parent / "splits.json"
+        cand = Path(args.model[0]).parent / "splits.json"
         args.splits = cand if cand.exists() else None
     cohort = load_cohort(args)
     ids = select_cases(cohort, args.cases, ckpt.get("fold_k"))

@@ -247,3 +247,27 @@ def test_validation_score_is_the_mean_per_gene_spearman():
     want = np.mean([spearmanr(R[:, g], S[:, g]).statistic for g in range(30) if g != 3])
     assert mean_gene_spearman(R, S) == pytest.approx(want, abs=1e-12)
     assert np.isnan(mean_gene_spearman(R, np.ones_like(R)))
+
+
+def test_ensemble_of_generators(trained, tmp_path):
+    """Several checkpoints of one fold synthesize as one ensemble: every member's K samples are kept
+    and the table is their mean; members of different folds are refused."""
+    paths, run, cohort, opts, summary = trained
+    ids = cohort.fold(0).test
+    single = synthesize(run / "generator.pt", cohort, ids, tmp_path / "one", samples=2, steps=4, seed=3,
+                        progress=False)
+    pair = synthesize([run / "generator.pt", run / "generator.pt"], cohort, ids, tmp_path / "two", samples=2,
+                      steps=4, seed=3, progress=False)
+    with h5py.File(tmp_path / "two" / "samples.h5") as f:
+        S = f["samples"][()]
+        assert S.shape == (len(ids), 4, 13) and json.loads(f.attrs["meta"])["members"] == 2
+    with h5py.File(tmp_path / "one" / "samples.h5") as f:
+        np.testing.assert_allclose(S[:, :2], f["samples"][()], rtol=1e-6)  # member 0 draws as a lone model
+    assert not np.allclose(S[:, :2], S[:, 2:])  # member 1 draws its own noise
+    assert list(pair.index) == list(single.index)
+    other = torch.load(run / "generator.pt", weights_only=False)
+    other["train_case_ids"] = list(other["train_case_ids"])[1:]
+    torch.save(other, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="other patients"):
+        synthesize([run / "generator.pt", tmp_path / "other.pt"], cohort, ids, tmp_path / "bad", samples=2, steps=4,
+                   progress=False)
