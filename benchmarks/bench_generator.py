@@ -156,8 +156,11 @@ def _our_sequential_round(model, sched, feats, cu, n_genes, dev, *, reencode: bo
 @contextlib.contextmanager
 def _twins_only():
     """Route co-attention and the denoising step to their pure-PyTorch twins (runtime fallback path)."""
-    import pathgen.ops.coattention as co
-    import pathgen.ops.denoise_step as ds
+    import importlib
+
+    # the modules (``pathgen.ops.coattention`` as an attribute is the re-exported function)
+    co = importlib.import_module("pathgen.ops.coattention")
+    ds = importlib.import_module("pathgen.ops.denoise_step")
 
     saved = co._FUSED_DEVICES, ds.has_kernel
     co._FUSED_DEVICES, ds.has_kernel = frozenset(), (lambda op, dev: False)
