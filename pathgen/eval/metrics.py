@@ -409,7 +409,7 @@ def balanced_accuracy(y_true: np.ndarray, probs: np.ndarray) -> float:  # [N], [
 # --------------------------------------------------------------------------------------------
 # generator fidelity
 # --------------------------------------------------------------------------------------------
-def _per_gene_spearman(real: np.ndarray, synth: np.ndarray):  # [P, G], [P, G]
+def per_gene_spearman(real: np.ndarray, synth: np.ndarray):  # [P, G], [P, G]
     """Spearman rho and two-sided p (t approximation, as scipy.stats.spearmanr) per column.
 
     Returns ``(rho [G], p [G], constant [G] bool)``; constant columns get NaN.
@@ -429,7 +429,7 @@ def _per_gene_spearman(real: np.ndarray, synth: np.ndarray):  # [P, G], [P, G]
 
 
 def _fidelity_block(real, synth, train_range, fdr: float) -> dict:
-    rho, p, constant = _per_gene_spearman(real, synth)
+    rho, p, constant = per_gene_spearman(real, synth)
     ok = ~constant
     out = {
         "n_genes": int(real.shape[1]),

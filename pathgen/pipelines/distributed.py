@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from pathgen.data.bags import collate_bags
-from pathgen.pipelines.runtime import make_loader
+from pathgen.pipelines.runtime import make_loader, seed_everything
 
 
 class Dist:
@@ -56,6 +56,12 @@ class Dist:
             torch.cuda.set_device(self.local_rank)
             return torch.device("cuda", self.local_rank)
         return device
+
+    def seed_ranks(self, seed: int, epoch: int = 0) -> None:
+        """Under torchrun, give each rank its own random streams (noise, dropout, subsampling),
+        distinct per resume epoch; a no-op for one process, whose stream stays exactly reproducible."""
+        if self.active:
+            seed_everything(seed + 1009 * self.rank + 7919 * epoch)
 
     def broadcast(self, obj):
         """Rank 0's ``obj`` on every rank."""

@@ -78,12 +78,13 @@ def synthesize(ckpt_path: Path | Sequence[Path], cohort: Cohort, case_ids: list[
     g = torch.Generator(device=dev).manual_seed(seed)
     all_samples, att_dir = [], out / "attention"
     bar = tqdm(total=len(ids), desc="synthesize", unit="patient", disable=not progress)
+    schedules = [NoiseSchedule(member.cfg.schedule) for member, *_ in members]
     for batch in loader:
         feats, cu = batch["features"].to(dev), batch["cu_seqlens"].to(dev)
         parts, maps = [], None
         for m, (member, _, member_transform, _) in enumerate(members):
             ctx = member.encode_context(feats, cu, batch["max_seqlen"])
-            res = sample(member, NoiseSchedule(member.cfg.schedule), ctx, samples_per_bag=samples, steps=steps,
+            res = sample(member, schedules[m], ctx, samples_per_bag=samples, steps=steps,
                          mode=mode, eta=eta, guidance_scale=guidance_scale, generator=g,
                          need_weights=save_attention and m == 0)
             x, mp = res if save_attention and m == 0 else (res, None)

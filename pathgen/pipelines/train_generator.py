@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from pathgen.data.bags import PatientBags, read_h5_bag
 from pathgen.data.transforms import ExpressionTransform
 from pathgen.diffusion import NoiseSchedule
+from pathgen.eval.metrics import per_gene_spearman
 from pathgen.models.generator import PathGenDenoiser, make_config, sample, training_loss
 from pathgen.models.generator.checkpoint import EMA, load_checkpoint, save_checkpoint, versions
 from pathgen.pipelines.cohort import Cohort, add_cohort_arguments, load_cohort
@@ -89,13 +90,8 @@ def validate(model: PathGenDenoiser, schedule: NoiseSchedule, loader: DataLoader
 def mean_gene_spearman(R: np.ndarray,  # [P, G] real
                        S: np.ndarray) -> float:  # [P, G] synthesized
     """Mean over genes of Spearman's rho across patients (genes constant in either matrix skipped)."""
-    from scipy.stats import rankdata
-
-    r, s = rankdata(R, axis=0), rankdata(S, axis=0)
-    r, s = r - r.mean(0), s - s.mean(0)
-    den = np.sqrt((r * r).sum(0) * (s * s).sum(0))
-    ok = den > 0
-    return float(((r * s).sum(0)[ok] / den[ok]).mean()) if ok.any() else float("nan")
+    rho, _, constant = per_gene_spearman(R, S)
+    return float(rho[~constant].mean()) if (~constant).any() else float("nan")
 
 
 def patch_stats(ds: PatientBags) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,8 +169,7 @@ def train_generator(cohort: Cohort, fold_k: int, out: Path, opts: TrainOptions, 
         torch.set_rng_state(state["rng"])  # one process: the exact stream; ranks re-seed below
     step_module = wrap_ddp(TrainStep(model, schedule, opts.draws), dist, device,
                            find_unused_parameters=cfg.cond_dropout == 0)  # null_context unused then
-    if dist.active:  # ranks draw their own noise (weights come from rank 0)
-        seed_everything(opts.seed + 1009 * dist.rank + 7919 * start_epoch)
+    dist.seed_ranks(opts.seed, start_epoch)  # ranks draw their own noise (weights come from rank 0)
     train_loader, set_epoch = sharded_loader(train_ds, opts.batch_size, opts.seed, dist, opts.num_workers)
     val_loader = make_loader(val_ds, opts.batch_size, False, opts.seed) if val_ds and dist.is_main else None
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()

@@ -292,8 +292,7 @@ def train_fold(cohort: Cohort, fold: Fold, opts: PredictorOptions, out: Path, *,
     model = model.to(device)
     optim = torch.optim.Adam(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     net = wrap_ddp(model, dist, device)
-    if dist.active:  # own dropout / patch-subsampling streams per rank (weights come from rank 0)
-        seed_everything(opts.seed + 1009 * dist.rank)
+    dist.seed_ranks(opts.seed)  # own dropout / patch-subsampling streams per rank (weights come from rank 0)
     train_loader, set_epoch = sharded_loader(datasets["train"], opts.batch_size, opts.seed, dist)
     has_val = "val" in datasets
     val_loader = make_loader(datasets["val"], opts.batch_size, False, opts.seed) if has_val and dist.is_main else None
