@@ -183,3 +183,36 @@ def test_torch_compile_fullgraph_forward_backward(form):
     g2 = torch.autograd.grad(want[0].sum(), (query, x))
     for a, b in zip(g1, g2):
         torch.testing.assert_close(a, b)
+
+
+CUDA = pytest.mark.skipif(not (torch.cuda.is_available() and po.has_kernel("coattention", "cuda")),
+                          reason="needs a GPU and pathgen's CUDA kernels")
+
+
+@CUDA
+@pytest.mark.parametrize("form", ["folded", "unfolded"])
+def test_cuda_training_step_matches_multihead_attention(form):
+    """The module on the GPU (fused CUDA op, float32) against nn.MultiheadAttention in float64 on the CPU:
+    outputs, weights and the gradients of the query, the patches and every parameter."""
+    E, H, M, lens = 64, 8, 6, [300, 0, 1, 1000]
+    mha, ca64 = pair(E, H, form=form)
+    ca = CoAttention(E, H, form=form).cuda()  # float32
+    ca.load_state_dict(ca64.state_dict())
+    query, x, cu = inputs(len(lens), M, E, E, lens)
+    qc = query.detach().float().cuda().requires_grad_()
+    xc = x.detach().float().cuda().requires_grad_()
+    out, probs = ca(qc, xc, cu.cuda(), need_weights=True)
+    assert out.is_cuda and probs.is_cuda
+    ref_out, ref_probs = mha_packed(mha, query, x, cu)
+    torch.testing.assert_close(out.double().cpu(), ref_out, atol=1e-4, rtol=1e-3)
+    torch.testing.assert_close(probs.double().cpu(), ref_probs, atol=1e-5, rtol=1e-3)
+
+    params = [n for n, _ in ca.named_parameters()]
+    ours = torch.autograd.grad(loss_of(out.double().cpu(), probs.double().cpu()), [qc, xc, *ca.parameters()])
+    theirs = torch.autograd.grad(loss_of(ref_out, ref_probs), [query, x, *[dict(mha.named_parameters())[n]
+                                                                            for n in params]])
+    for name, a, b in zip(["query", "x", *params], ours, theirs):
+        assert a.is_cuda
+        scale = max(1.0, b.abs().max().item())
+        torch.testing.assert_close(a.double().cpu(), b, atol=2e-4 * scale, rtol=1e-3,
+                                   msg=lambda m: f"grad {name}: {m}")
