@@ -9,6 +9,9 @@
 //      Each split writes its normalised output and lse.
 //   2. combine_kernel: one CTA per (slide, query, head) merges the splits by lse.
 //   3. normalise_kernel: probs = exp(raw - lse), elementwise.
+//   For float16 / bfloat16 / float32 with whole 16-byte chunks of D and Dv % 16 == 0, step 1 is
+//   tc_split_kernel instead: the same split-KV plan on the tensor cores (mma.sync, fp32
+//   accumulation; 3xTF32 for float32), below.
 // Backward, three launches (simple rather than fast; the CPU kernel is the tuned one):
 //   1. delta_kernel: delta = <dO, o> + sum_j p_j gP_j - g_lse per row.
 //   2. key_kernel: one warp per (key, KV head): p and dS for every row sharing the KV head
@@ -21,10 +24,16 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
+#include <type_traits>
 
 #include "coattention/coattention.h"
+#include "coattention/coattention_cuda.cuh"
 
 namespace pathgen {
 namespace coattn {
@@ -35,7 +44,6 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kRows = 16;       // query rows per CTA (a 16-row tile, not padded to 64-128)
 constexpr int kTileKeys = 32;   // keys per shared-memory tile
 
-__host__ __device__ __forceinline__ int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 
 template <typename T>
 __device__ __forceinline__ T warp_sum(T v) {
@@ -55,12 +63,6 @@ __device__ __forceinline__ int64_t slide_of(const int32_t* cu, int64_t B, int64_
   return lo;
 }
 
-struct Dims {
-  int64_t B, M, H, Hkv, G, R, D, Dv, N;
-  int64_t k_s0, k_s1, v_s0, v_s1;  // strides of k and v (last dim contiguous)
-  int64_t n_splits, split_len, row_tiles, col_tiles;
-  double scale;
-};
 
 // ---- forward ------------------------------------------------------------------------------
 
@@ -220,6 +222,47 @@ __global__ void normalise_kernel(acc_t* __restrict__ probs, const acc_t* __restr
   }
 }
 
+}  // namespace
+
+namespace tc {
+
+// An integer from the environment (read per call, so tests and benchmarks can switch paths).
+int env_int(const char* name, int fallback) {
+  const char* e = std::getenv(name);
+  return (e != nullptr && *e != '\0') ? std::atoi(e) : fallback;
+}
+
+// Columns per lane (NCT) for tc_split_kernel, or 0 when it cannot take the problem: float16,
+// bfloat16 or float32; the head dim in whole 16-byte chunks per lane (D % 32 or D % 16), Dv in
+// whole warps' columns; aligned pointers and strides. PATHGEN_COATTN_TC=0 turns it off.
+int pick_nct(const Problem& p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  if (env_int("PATHGEN_COATTN_TC", 1) == 0) return 0;
+  const auto dt = q.scalar_type();
+  int elems16 = 0;  // elements per 16 bytes
+  if (dt == at::kHalf || dt == at::kBFloat16) elems16 = 8;
+  else if (dt == at::kFloat) elems16 = 4;
+  else return 0;
+  if (p.D % (4 * elems16) != 0) return 0;
+  int nct = (p.Dv >= 512 && p.Dv % 64 == 0) ? 8 : (p.Dv >= 256 && p.Dv % 32 == 0) ? 4 : (p.Dv % 16 == 0 ? 2 : 0);
+  if (nct == 0) return 0;
+  if (dt == at::kFloat) nct = std::min(nct, 4);  // float32 keeps fresh fragments too (register budget)
+  nct = std::min(nct, env_int("PATHGEN_COATTN_TC_MAXNCT", 8));  // tuning knob (benchmarks)
+  if (nct < 2) return 0;
+  const int64_t esize = q.element_size();
+  auto aligned = [&](const at::Tensor& t, int64_t bytes) {
+    const int64_t elems = bytes / esize;
+    return reinterpret_cast<uintptr_t>(t.const_data_ptr()) % bytes == 0 && t.stride(0) % elems == 0 &&
+           t.stride(1) % elems == 0;
+  };
+  const int64_t vbytes = std::min<int64_t>(16, nct * esize);  // the widest load of V
+  if (!aligned(k, 16) || !aligned(v, vbytes) || reinterpret_cast<uintptr_t>(q.const_data_ptr()) % 16 != 0) return 0;
+  return nct;
+}
+
+}  // namespace tc
+
+namespace {
+
 Dims make_dims(const Problem& p, const at::Tensor& k, const at::Tensor& v) {
   Dims d{};
   d.B = p.B, d.M = p.M, d.H = p.H, d.Hkv = p.Hkv, d.G = p.G, d.R = p.R, d.D = p.D, d.Dv = p.Dv, d.N = p.N;
@@ -269,16 +312,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> coattention_cuda(const at::Tensor
   if (p.B == 0) return {out, lse, probs};
 
   Dims d = make_dims(p, k, v);
+  const int64_t longest = std::max<int64_t>(longest_bag(cu, max_seqlen), 1);
+  const int64_t sms = num_sms(q.device());
+  const int nct = tc::pick_nct(p, q, k, v);
   const int kCols = p.Dv > 2 * kThreads ? 4 : (p.Dv > kThreads ? 2 : 1);
-  d.row_tiles = (p.R + kRows - 1) / kRows;
-  d.col_tiles = (p.Dv + kThreads * kCols - 1) / (kThreads * kCols);
+  int rm = 0;
+  if (nct > 0) {  // tensor cores: up to 48 rows per CTA, 8 warps x 8 nct columns
+    const int cap = q.scalar_type() == at::kFloat ? 2 : tc::kMaxRM;
+    const int max_rm = std::clamp(tc::env_int("PATHGEN_COATTN_TC_MAXRM", tc::kDefaultRM), 1, cap);
+    rm = static_cast<int>(std::min<int64_t>(max_rm, (p.R + 15) / 16));
+    d.row_tiles = (p.R + 16 * rm - 1) / (16 * rm);
+    d.col_tiles = (p.Dv + tc::kWarps * 8 * nct - 1) / (tc::kWarps * 8 * nct);
+  } else {
+    d.row_tiles = (p.R + kRows - 1) / kRows;
+    d.col_tiles = (p.Dv + kThreads * kCols - 1) / (kThreads * kCols);
+  }
   const int64_t ctas = p.Hkv * d.row_tiles * d.col_tiles;
   TORCH_CHECK(ctas <= 65535 && p.B <= 65535, "coattention: too many heads, rows or slides for one launch");
-  // flash-decoding's rule of thumb: at least two waves of CTAs, splits of at least 64 keys
-  const int64_t longest = std::max<int64_t>(longest_bag(cu, max_seqlen), 1);
-  const int64_t want = (2 * num_sms(q.device()) + p.B * ctas - 1) / (p.B * ctas);
-  d.n_splits = std::clamp<int64_t>(want, 1, std::min<int64_t>(64, (longest + 63) / 64));
-  d.split_len = (longest + d.n_splits - 1) / d.n_splits;
+  if (nct > 0) {
+    // splits sized by the total work, not the longest bag: about 2 busy CTAs per SM (one fits),
+    // whole 128-key tiles, so short bags do not leave the machine idle while long ones finish
+    const int64_t target = std::max<int64_t>(sms * tc::env_int("PATHGEN_COATTN_TC_CTAS_PER_SM", 2), 1);
+    int64_t len = (std::max<int64_t>(p.N, 1) * ctas + target - 1) / target;
+    len = std::max<int64_t>(len, std::max(tc::env_int("PATHGEN_COATTN_TC_MIN_SPLIT", 1), tc::kTileKeys));
+    len = (len + tc::kTileKeys - 1) / tc::kTileKeys * tc::kTileKeys;
+    d.n_splits = std::clamp<int64_t>((longest + len - 1) / len, 1, 256);
+    d.split_len = (longest + d.n_splits - 1) / d.n_splits;
+  } else {
+    // flash-decoding's rule of thumb, generous: several waves of CTAs, splits of at least 64 keys
+    const int64_t want = (8 * sms + p.B * ctas - 1) / (p.B * ctas);
+    d.n_splits = std::clamp<int64_t>(want, 1, std::min<int64_t>(64, (longest + 63) / 64));
+    d.split_len = (longest + d.n_splits - 1) / d.n_splits;
+  }
 
   const auto acc_opts = q.options().dtype(st);
   at::Tensor part_o = at::empty({p.B * p.Hkv * p.R * d.n_splits, p.Dv}, acc_opts);
@@ -294,9 +359,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> coattention_cuda(const at::Tensor
     acc_t* po = part_o.mutable_data_ptr<acc_t>();
     acc_t* pl = part_lse.mutable_data_ptr<acc_t>();
     acc_t* pr = return_probs ? probs.mutable_data_ptr<acc_t>() : nullptr;
-    if (kCols == 4) launch_split<scalar_t, 4>(return_probs, grid, stream, qp, kp, vp, cp, po, pl, pr, d);
-    else if (kCols == 2) launch_split<scalar_t, 2>(return_probs, grid, stream, qp, kp, vp, cp, po, pl, pr, d);
-    else launch_split<scalar_t, 1>(return_probs, grid, stream, qp, kp, vp, cp, po, pl, pr, d);
+    if (nct > 0) {
+      tc::run<scalar_t>(rm, nct, return_probs, grid, stream, qp, kp, vp, cp, po, pl, pr, d);
+    } else {
+      if (kCols == 4) launch_split<scalar_t, 4>(return_probs, grid, stream, qp, kp, vp, cp, po, pl, pr, d);
+      else if (kCols == 2) launch_split<scalar_t, 2>(return_probs, grid, stream, qp, kp, vp, cp, po, pl, pr, d);
+      else launch_split<scalar_t, 1>(return_probs, grid, stream, qp, kp, vp, cp, po, pl, pr, d);
+    }
 
     combine_kernel<scalar_t, acc_t><<<static_cast<unsigned>(p.B * p.M * p.H), kThreads, 0, stream>>>(
         po, pl, out.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<acc_t>(), d);

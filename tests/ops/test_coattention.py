@@ -26,6 +26,11 @@ SHAPES = {
     "mha": (2, 6, 8, 8, 32, 32, [257, 1000]),
     "single": (1, 1, 1, 1, 16, 16, [1]),
     "odd-dims": (2, 3, 4, 4, 13, 7, [50, 21]),
+    # shapes for the CUDA tensor-core path: 56 rows (two row tiles), 512 output columns per CTA,
+    # 256 columns, a long bag over many 128-key tiles and splits with a ragged last tile
+    "tc-wide": (3, 7, 8, 1, 128, 512, [1000, 3, 2500]),
+    "tc-256": (2, 6, 4, 2, 64, 256, [300, 777]),
+    "long-bag": (2, 6, 8, 1, 64, 64, [5000, 130]),
 }
 
 
@@ -107,10 +112,11 @@ def test_probs_normalised_with_lse():
     torch.testing.assert_close(probs[: int(cu[1]), 5, 2], torch.exp(s - lse[0, 2, 5]), atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_k_is_v_folded(dtype):
+def test_k_is_v_folded(dtype, device):
     B, M, H, D, lens = 3, 6, 8, 96, [120, 0, 333]
-    q, x, _, cu = make(B, M, H, 1, D, D, lens, dtype)
+    q, x, _, cu = make(B, M, H, 1, D, D, lens, dtype, device)
     fused, twin, ref64 = run_all(q, x, x, cu)
     assert_rule(fused, twin, ref64, dtype)
     copy = po.coattention(q, x, x.clone(), cu, return_probs=True)  # the two-tensor path
@@ -118,24 +124,56 @@ def test_k_is_v_folded(dtype):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
-def test_non_contiguous_inputs():
-    B, M, H, Hkv, D, lens = 3, 4, 6, 3, 24, [40, 0, 77]
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("D", [24, 32])  # 32: whole 16-byte chunks, the tensor-core path on CUDA
+def test_non_contiguous_inputs(D, device):
+    B, M, H, Hkv, lens = 3, 4, 6, 3, [40, 0, 77]
     g = torch.Generator().manual_seed(1)
     n = sum(lens)
-    cu = po.cu_seqlens_from_lengths(lens)
-    q = torch.randn(B, H, M, D, generator=g).transpose(1, 2)  # [B, M, H, D], permuted strides
-    kv = torch.randn(n, Hkv, 2 * D + 8, generator=g)
+    cu = po.cu_seqlens_from_lengths(lens).to(device)
+    q = torch.randn(B, H, M, D, generator=g).to(device).transpose(1, 2)  # [B, M, H, D], permuted strides
+    kv = torch.randn(n, Hkv, 2 * D + 8, generator=g).to(device)
     k, v = kv[..., :D], kv[..., D + 8:]  # sliced out of one packed tensor
-    kt = torch.randn(n, Hkv, D, generator=g).transpose(0, 2).contiguous().transpose(0, 2)  # last dim strided
+    kt = torch.randn(n, Hkv, D, generator=g).to(device).transpose(0, 2).contiguous().transpose(0, 2)  # last dim strided
     assert not q.is_contiguous() and not k.is_contiguous() and kt.stride(-1) != 1
     for kk in (k, kt):
         fused, twin, ref64 = run_all(q, kk, v, cu)
         assert_rule(fused, twin, ref64, torch.float32)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_head_dim_2048(dtype):
-    q, k, v, cu = make(2, 6, 8, 1, 2048, 2048, [100, 37], dtype)
+def test_head_dim_2048(dtype, device):
+    q, k, v, cu = make(2, 6, 8, 1, 2048, 2048, [100, 37], dtype, device)
+    fused, twin, ref64 = run_all(q, k, k, cu)
+    assert_rule(fused, twin, ref64, dtype)
+
+
+@pytest.mark.skipif("cuda" not in DEVICES, reason="needs a GPU and pathgen's CUDA kernels")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", ["tc-wide", "tc-256", "long-bag", "mha"])
+@pytest.mark.parametrize("knobs", [{"PATHGEN_COATTN_TC": "0"}, {"PATHGEN_COATTN_TC_MAXNCT": "2"},
+                                   {"PATHGEN_COATTN_TC_MAXNCT": "4"}, {"PATHGEN_COATTN_TC_MAXRM": "1"},
+                                   {"PATHGEN_COATTN_TC_MAXRM": "2"}, {"PATHGEN_COATTN_TC_MAXRM": "3"},
+                                   {"PATHGEN_COATTN_TC_CTAS_PER_SM": "4"}],
+                         ids=["generic", "nct2", "nct4", "rm1", "rm2", "rm3", "ctas4"])
+def test_cuda_kernel_variants_match_twin(shape, dtype, knobs, monkeypatch):
+    """The CUDA kernel's other launch plans (generic CUDA-core kernel, narrower column or row tiles)."""
+    for name, value in knobs.items():
+        monkeypatch.setenv(name, value)
+    q, k, v, cu = make(*SHAPES[shape], dtype, "cuda")
+    fused, twin, ref64 = run_all(q, k, v, cu)
+    assert_rule(fused, twin, ref64, dtype)
+
+
+@pytest.mark.skipif("cuda" not in DEVICES, reason="needs a GPU and pathgen's CUDA kernels")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("D", [512, 2048])
+def test_cuda_one_long_split(D, dtype, monkeypatch):
+    """One split over a 20k-patch bag (157 key tiles accumulated in one CTA) and a long head dim:
+    the tensor cores' round-toward-zero sums must not drift (float32 sums in fresh fragments)."""
+    monkeypatch.setenv("PATHGEN_COATTN_TC_MIN_SPLIT", "1000000")
+    q, k, v, cu = make(1, 6, 8, 1, D, D, [20000], dtype, "cuda")
     fused, twin, ref64 = run_all(q, k, k, cu)
     assert_rule(fused, twin, ref64, dtype)
 

@@ -1,0 +1,179 @@
+"""CUDA co-attention launch plans, timed side by side at the realistic sizes (GPU only).
+
+    python benchmarks/gpu_coattention_plans.py [--json OUT.json] [--reps 20]
+
+For case A (folded: 16 slides, n ~ U[2k, 40k], M = 6, H = 8 over one KV head of D = 1024) and
+case B (unfolded: H = Hkv = 8, D = 128), in float32 and bfloat16, times with CUDA events (median
+of --reps after warm-up, inputs rotated so repeats do not run out of L2):
+  tc          the tensor-core kernel (default plan)
+  tc-rm1/2/3  at most 16 / 32 / 48 query rows per CTA (float32 stops at 32)
+  tc-nct4     at most 4 columns per lane (more column tiles, fewer registers)
+  tc-ctas4    splits sized for 4 busy CTAs per SM instead of 2
+  generic     the CUDA-core kernel (PATHGEN_COATTN_TC=0)
+Plans are timed round-robin (one launch of each per round), so clock and thermal drift hit all alike.
+  sdpa        F.scaled_dot_product_attention on padded tensors with a mask (no weights)
+  twin        the pure-PyTorch twin
+and checks each plan's output against the twin first. Floor: bytes of X (A) or K and V (B) read
+once over the device-to-device copy bandwidth measured in the same run (bytes read + written).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+
+from pathgen.ops import coattention, cu_seqlens_from_lengths, pad_bags
+from pathgen.ops.reference import coattention_ref
+
+PLANS = {
+    "tc": {},
+    "tc-rm1": {"PATHGEN_COATTN_TC_MAXRM": "1"},
+    "tc-rm2": {"PATHGEN_COATTN_TC_MAXRM": "2"},
+    "tc-rm3": {"PATHGEN_COATTN_TC_MAXRM": "3"},
+    "tc-nct4": {"PATHGEN_COATTN_TC_MAXNCT": "4"},
+    "tc-ctas4": {"PATHGEN_COATTN_TC_CTAS_PER_SM": "4"},
+    "generic": {"PATHGEN_COATTN_TC": "0"},
+}
+KNOBS = sorted({k for p in PLANS.values() for k in p})
+
+
+def with_env(env: dict[str, str]):
+    for k in KNOBS:
+        os.environ.pop(k, None)
+    os.environ.update(env)
+
+
+def time_ms(fn, reps: int) -> float:
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def time_round_robin(fns: dict, envs: dict, reps: int) -> dict[str, float]:
+    """Median ms per fn, one launch of each per round (env set before each)."""
+    for name, fn in fns.items():
+        with_env(envs.get(name, {}))
+        for _ in range(3):
+            fn()
+    torch.cuda.synchronize()
+    times = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            with_env(envs.get(name, {}))
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times[name].append(a.elapsed_time(b))
+    with_env({})
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+
+
+def copy_gbs() -> float:
+    x = torch.empty(512 * 2**20, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    ms = time_ms(lambda: y.copy_(x), 20)
+    return 2 * x.numel() / ms / 1e6
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--reps", type=int, default=20)
+    a = ap.parse_args()
+    dev = torch.device("cuda")
+    bw = copy_gbs()
+    print(f"{torch.cuda.get_device_name()}  copy bandwidth {bw:.0f} GB/s (read + write)")
+    g = torch.Generator().manual_seed(1234)
+    lens = torch.randint(2000, 40001, (16,), generator=g).tolist()
+    n, n_max, B, M, H, E = sum(lens), max(lens), 16, 6, 8, 1024
+    cu = cu_seqlens_from_lengths(lens, device=dev)
+    rows = []
+    for case in ("A", "B"):
+        for dtype in (torch.float32, torch.bfloat16):
+            torch.manual_seed(0)
+            sets = []
+            for _ in range(2):  # two input sets, alternated
+                if case == "A":
+                    D = E
+                    x = torch.randn(n, 1, D, device=dev, dtype=dtype)
+                    q = torch.randn(B, M, H, D, device=dev, dtype=dtype) / math.sqrt(D)
+                    k = v = x
+                else:
+                    D = E // H
+                    q = torch.randn(B, M, H, D, device=dev, dtype=dtype)
+                    k = torch.randn(n, H, D, device=dev, dtype=dtype)
+                    v = torch.randn(n, H, D, device=dev, dtype=dtype)
+                sets.append((q, k, v))
+            nbytes = (1 if case == "A" else 2) * n * k.shape[1] * D * k.element_size()
+            floor_ms = nbytes / (bw * 1e9) * 1e3
+            scale = D**-0.5
+            q, k, v = sets[0]
+            want = coattention_ref(q, k, v, cu, n_max, scale=scale, return_probs=True)
+            res = {"case": case, "dtype": str(dtype).split(".")[-1], "floor_ms": floor_ms}
+            it = [0]
+
+            def nxt():
+                it[0] ^= 1
+                return sets[it[0]]
+
+            fns, envs = {}, {}
+            for plan, env in PLANS.items():
+                with_env(env)
+                got = coattention(q, k, v, cu, n_max, scale=scale, return_probs=True)
+                tol = 1e-4 if dtype == torch.float32 else 2e-2
+                ok = True
+                try:
+                    torch.testing.assert_close(got[0].float(), want[0].float(), atol=tol, rtol=tol)
+                    torch.testing.assert_close(got[2], want[2], atol=tol * 1e-2, rtol=tol)
+                except AssertionError as e:
+                    ok = False
+                    print(f"  {case} {res['dtype']} {plan}: MISMATCH {str(e).splitlines()[0:3]}")
+                res[f"{plan}_ok"] = ok
+                fns[plan] = lambda: coattention(*nxt(), cu, n_max, scale=scale, return_probs=True)
+                envs[plan] = env
+            fns["tc_noprobs"] = lambda: coattention(*nxt(), cu, n_max, scale=scale)
+            for name, ms in time_round_robin(fns, envs, a.reps).items():
+                res[f"{name}_ms"] = ms
+            with_env({})
+            kp, mask = pad_bags(k, cu, n_max)
+            vp = kp if v is k else pad_bags(v, cu, n_max)[0]
+            Hkv = k.shape[1]
+            kp, vp = kp.transpose(1, 2), vp.transpose(1, 2)
+            qs = q.view(B, M, Hkv, H // Hkv, D).permute(0, 2, 1, 3, 4).reshape(B, Hkv, M * H // Hkv, D)
+            add = torch.zeros(B, 1, 1, n_max, device=dev, dtype=dtype).masked_fill(~mask[:, None, None, :], float("-inf"))
+            res["sdpa_ms"] = time_ms(lambda: F.scaled_dot_product_attention(qs, kp, vp, attn_mask=add, scale=scale), a.reps)
+            res["twin_ms"] = time_ms(lambda: coattention_ref(*nxt(), cu, n_max, scale=scale, return_probs=True),
+                                     max(3, a.reps // 4))
+            del kp, vp, add
+            rows.append(res)
+            best = min(PLANS, key=lambda p: res[f"{p}_ms"])
+            print(f"{case} {res['dtype']:8s} floor {floor_ms:.3f} ms | " +
+                  " | ".join(f"{p} {res[f'{p}_ms']:.3f}{'' if res[f'{p}_ok'] else '!'}" for p in PLANS) +
+                  f" | sdpa {res['sdpa_ms']:.3f} | twin {res['twin_ms']:.3f} | best {best}: "
+                  f"{100 * floor_ms / res[f'{best}_ms']:.0f}% of floor, {res['sdpa_ms'] / res[f'{best}_ms']:.1f}x sdpa, "
+                  f"{res['twin_ms'] / res[f'{best}_ms']:.1f}x twin; tc without probs {res['tc_noprobs_ms']:.3f}", flush=True)
+            torch.cuda.empty_cache()
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "copy_GBps": bw, "lens": lens, "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

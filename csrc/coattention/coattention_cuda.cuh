@@ -1,0 +1,47 @@
+#pragma once
+// Pieces shared by the CUDA translation units of pathgen::coattention: the launch geometry
+// (Dims) and the tensor-core forward's entry point, compiled once per dtype in
+// coattention_tc_{half,bf16,float}_cuda.cu so the build runs them in parallel.
+#include <ATen/ATen.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "coattention/coattention.h"
+
+namespace pathgen {
+namespace coattn {
+
+__host__ __device__ __forceinline__ int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+
+struct Dims {
+  int64_t B, M, H, Hkv, G, R, D, Dv, N;
+  int64_t k_s0, k_s1, v_s0, v_s1;  // strides of k and v (last dim contiguous)
+  int64_t n_splits, split_len, row_tiles, col_tiles;
+  double scale;
+};
+
+namespace tc {
+
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * 32;
+constexpr int kKeysPerWarp = 16;
+constexpr int kTileKeys = kWarps * kKeysPerWarp;  // 128
+constexpr int kMaxRM = 3;                          // up to 48 query rows per CTA
+constexpr int kDefaultRM = 3;  // PATHGEN_COATTN_TC_MAXRM overrides (1..kMaxRM; float32 stops at 2)
+
+// An integer from the environment, read per call (tests and benchmarks switch launch plans).
+int env_int(const char* name, int fallback);
+
+// Columns per lane (2, 4, 8) for the tensor-core kernel, or 0 when it cannot take the problem.
+int pick_nct(const Problem& p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
+
+// Step 1 of the forward on the tensor cores (float16, bfloat16, float32; defined in coattention_tc.cuh,
+// instantiated in coattention_tc_*_cuda.cu): rm m-tiles of 16 rows, nct columns per lane.
+template <typename scalar_t>
+void run(int rm, int nct, bool probs, dim3 grid, cudaStream_t stream, const scalar_t* q, const scalar_t* k,
+         const scalar_t* v, const int32_t* cu, void* part_o, void* part_lse, void* probs_raw, const Dims& d);
+
+}  // namespace tc
+}  // namespace coattn
+}  // namespace pathgen
