@@ -8,7 +8,7 @@ of --reps after warm-up, inputs rotated so repeats do not run out of L2):
   tc          the tensor-core kernel (default plan)
   tc-rm1/2/3  at most 16 / 32 / 48 query rows per CTA (float32 stops at 32)
   tc-nct4     at most 4 columns per lane (more column tiles, fewer registers)
-  tc-ctas4    splits sized for 4 busy CTAs per SM instead of 2
+  tc-ctas2    splits sized for 2 CTAs per SM instead of 4
   generic     the CUDA-core kernel (PATHGEN_COATTN_TC=0)
 Plans are timed round-robin (one launch of each per round), so clock and thermal drift hit all alike.
   sdpa        F.scaled_dot_product_attention on padded tensors with a mask (no weights)
@@ -35,7 +35,7 @@ PLANS = {
     "tc-rm2": {"PATHGEN_COATTN_TC_MAXRM": "2"},
     "tc-rm3": {"PATHGEN_COATTN_TC_MAXRM": "3"},
     "tc-nct4": {"PATHGEN_COATTN_TC_MAXNCT": "4"},
-    "tc-ctas4": {"PATHGEN_COATTN_TC_CTAS_PER_SM": "4"},
+    "tc-ctas2": {"PATHGEN_COATTN_TC_CTAS_PER_SM": "2"},
     "generic": {"PATHGEN_COATTN_TC": "0"},
 }
 KNOBS = sorted({k for p in PLANS.values() for k in p})

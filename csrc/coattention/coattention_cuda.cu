@@ -330,9 +330,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> coattention_cuda(const at::Tensor
   const int64_t ctas = p.Hkv * d.row_tiles * d.col_tiles;
   TORCH_CHECK(ctas <= 65535 && p.B <= 65535, "coattention: too many heads, rows or slides for one launch");
   if (nct > 0) {
-    // splits sized by the total work, not the longest bag: about 2 busy CTAs per SM (one fits),
+    // splits sized by the total work, not the longest bag: about 4 CTAs per SM (1-2 fit at once),
     // whole 128-key tiles, so short bags do not leave the machine idle while long ones finish
-    const int64_t target = std::max<int64_t>(sms * tc::env_int("PATHGEN_COATTN_TC_CTAS_PER_SM", 2), 1);
+    const int64_t target = std::max<int64_t>(sms * tc::env_int("PATHGEN_COATTN_TC_CTAS_PER_SM", 4), 1);
     int64_t len = (std::max<int64_t>(p.N, 1) * ctas + target - 1) / target;
     len = std::max<int64_t>(len, std::max(tc::env_int("PATHGEN_COATTN_TC_MIN_SPLIT", 1), tc::kTileKeys));
     len = (len + tc::kTileKeys - 1) / tc::kTileKeys * tc::kTileKeys;

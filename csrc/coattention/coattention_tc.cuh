@@ -65,13 +65,13 @@ struct Frag16 {  // float16 / bfloat16: m16n8k16
 
   static __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
     if constexpr (std::is_same_v<T, at::Half>) {
-      asm(
+      asm volatile(
           "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
           "{%0,%1,%2,%3};\n"
           : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
           : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
     } else {
-      asm(
+      asm volatile(
           "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
           "{%0,%1,%2,%3};\n"
           : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
@@ -129,7 +129,7 @@ struct Frag32 {  // float32 on TF32 tensor cores, three products per mma (3xTF32
     lo = to_tf32(f - __uint_as_float(hi));
   }
   static __device__ __forceinline__ void mma1(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm(
+    asm volatile(
         "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
         "{%0,%1,%2,%3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
@@ -340,13 +340,12 @@ tc_split_kernel(const scalar_t* __restrict__ q,   // [B, M, H, D] contiguous
         for (int w = 0; w < kWarps; ++w) tsum += s_sum[w][16 * i + 8 * hh + g4];
         l_run[i][hh] = alpha[i][hh] * l_run[i][hh] + tsum;
       }
-    // ---- O = alpha O + P V on this warp's columns (all k-steps unrolled so their loads overlap;
-    // steps past the split's end are skipped, keys past it inside a step load as zeros)
+    // ---- O = alpha O + P V on this warp's columns (keys past the split's end load as zeros;
+    // a rolled loop: unrolling all k-steps measured slower on an H100, 1.11 against 0.71 ms, case B)
     if (has_cols) {
+      const int nsteps = static_cast<int>((imin(kTileKeys, j_end - t0) + F::kStepKeys - 1) / F::kStepKeys);
       auto pv = [&](float (&dst)[RM][NCT][4]) {
-#pragma unroll
-        for (int ks = 0; ks < kTileKeys / F::kStepKeys; ++ks) {
-          if (t0 + ks * F::kStepKeys >= j_end) break;
+        for (int ks = 0; ks < nsteps; ++ks) {
           uint32_t b0[NCT], b1[NCT];
           F::template load_v<NCT>(b0, b1, vcol, d.v_s0, t0 + ks * F::kStepKeys, j_end, t4);
           uint32_t a[RM][4];
