@@ -5,7 +5,7 @@
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]      (OUT_DIR defaults to $OUT, else ./gpu_check_out)
 #
-# PATHGEN_GPU_STAGES picks stages (default: all): build tests bench generator cohort.
+# PATHGEN_GPU_STAGES picks stages (default: all): build tests plans bench generator cohort.
 # Each stage runs under `timeout` (PATHGEN_GPU_STAGE_S, default 300 s) so one slow stage cannot eat a lease.
 # Only a handful of files are written to OUT_DIR (a device lease returns at most 8); work dirs go to /tmp.
 #
@@ -20,7 +20,7 @@ export PATHGEN_CUDA=on
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$("$PY" -c 'import torch; p=torch.cuda.get_device_capability(); print(f"{p[0]}.{p[1]}")')}
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-16}
 export PYTHONUNBUFFERED=1
-STAGES=${PATHGEN_GPU_STAGES:-build tests bench generator cohort}
+STAGES=${PATHGEN_GPU_STAGES:-build tests plans bench generator cohort}
 STAGE_S=${PATHGEN_GPU_STAGE_S:-300}
 want() { [[ " $STAGES " == *" $1 "* ]]; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT_DIR/gpu.txt" || true
@@ -37,6 +37,11 @@ if want tests; then
   echo "== CUDA kernels vs their twins"
   timeout "$STAGE_S" "$PY" -m pytest -q -p no:cacheprovider tests/ops tests/nn -k "cuda" 2>&1 \
     | tee "$OUT_DIR/tests.txt" | grep -E "passed|failed|Error|error:|assert" | tail -25 || true
+fi
+
+if want plans; then
+  echo "== co-attention launch plans (realistic sizes)"
+  timeout "$STAGE_S" "$PY" benchmarks/gpu_coattention_plans.py --json "$OUT_DIR/plans.json" 2>&1 | tee "$OUT_DIR/plans.txt" || true
 fi
 
 if want bench; then
