@@ -6,8 +6,8 @@
 // (bf16/fp16 converted to fp32 on the way, rows padded against 4 KiB set aliasing) while the
 // next block is software-prefetched, then for each KV head all R = M * H / Hkv query rows
 // that share it are handled in one pass over the block:
-//   S = Qs K_blk^T (register-tiled 6x2 dot products), online softmax (coattention_math.h),
-//   O += P V_blk (register-tiled 6x16 broadcast-FMAs),
+//   S = Qs K_blk^T (register-tiled 6x2 dot products, or BLAS for wide heads), online softmax
+//   (coattention_math.h), O += P V_blk (register-tiled 6x16 broadcast-FMAs, or BLAS),
 // so each key row is read from memory once. Splits are merged by their log-sum-exp.
 // Accumulation is fp32 (fp64 for float64 inputs).
 #include <ATen/Dispatch.h>
@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <numeric>
 #include <type_traits>
@@ -273,6 +274,39 @@ inline int64_t nn_ticks(int64_t Ncol) {
   return Ncol / (2 * Simd<T>::L);
 }
 
+// ---- the block products through BLAS --------------------------------------------------
+// For wide heads the two products of a key block, S = Q K_blk^T and O += P V_blk, go to the BLAS
+// torch was built with (MKL or OpenBLAS; single-threaded inside our worker threads): its packed,
+// ISA-dispatched GEMM kernels beat the micro-kernels above there. Measured on the 2-core AVX2 VM,
+// case A (16 slides, 207,839 patches, D = 1024, 48 query rows, fp32, 2 threads, 8 interleaved
+// rounds): median 773 ms against 846 ms, best 619 against 791 ms. Narrow problems keep the
+// micro-kernels (a GEMM call costs microseconds).
+// PATHGEN_CPU_BLAS=0 / 1 forces either (read per call; the tests run both).
+bool blas_products(const Problem& p) {
+  const char* e = std::getenv("PATHGEN_CPU_BLAS");
+  if (e != nullptr && (e[0] == '0' || e[0] == '1')) return e[0] == '1';
+  return p.R * std::min(p.D, p.Dv) >= 48 * 256;
+}
+
+template <typename T>
+void blas_nt(int64_t R, int64_t C, int64_t D, const T* A, int64_t lda, const T* B, int64_t ldb, T* S, int64_t lds) {
+  const auto o = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  const at::Tensor a = at::from_blob(const_cast<T*>(A), {R, D}, {lda, 1}, o);  // [R, D]
+  const at::Tensor b = at::from_blob(const_cast<T*>(B), {C, D}, {ldb, 1}, o);  // [C, D]
+  at::Tensor s = at::from_blob(S, {R, C}, {lds, 1}, o);                         // [R, C]
+  at::mm_out(s, a, b.t());
+}
+
+template <typename T>
+void blas_nn_acc(int64_t R, int64_t Ncol, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
+                 int64_t ldc) {
+  const auto o = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  const at::Tensor a = at::from_blob(const_cast<T*>(A), {R, K}, {lda, 1}, o);     // [R, K]
+  const at::Tensor b = at::from_blob(const_cast<T*>(B), {K, Ncol}, {ldb, 1}, o);  // [K, Ncol]
+  at::Tensor c = at::from_blob(C, {R, Ncol}, {ldc, 1}, o);                        // [R, Ncol]
+  c.addmm_(a, b);
+}
+
 // ---- shared pieces ----------------------------------------------------------------------
 
 // Keys per cache block: the block's K and V rows of every KV head (about 192 KiB as acc_t)
@@ -410,6 +444,7 @@ template <typename scalar_t>
 void forward_impl(const Problem& p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                   const std::vector<int64_t>& offs, at::Tensor& out, at::Tensor& lse, at::Tensor& probs) {
   using acc_t = at::opmath_type<scalar_t>;
+  const bool use_blas = blas_products(p);
   const int64_t C = block_keys(p, sizeof(acc_t));
   const Work w = make_work(p, offs, C);
   const int64_t n_items = static_cast<int64_t>(w.items.size());
@@ -454,7 +489,11 @@ void forward_impl(const Problem& p, const at::Tensor& q, const at::Tensor& k, co
         acc_t* Og = bf.o.data() + g * R * LV;
         acc_t* mg = bf.m.data() + g * R;
         acc_t* lg = bf.l.data() + g * R;
-        gemm_nt<acc_t>(R, cn, D, bf.q.data() + g * R * LD, LD, bf.kb.data() + g * cn * LD, LD, S, C, pf);  // scores
+        if (use_blas) {
+          blas_nt(R, cn, D, bf.q.data() + g * R * LD, LD, bf.kb.data() + g * cn * LD, LD, S, C);
+        } else {
+          gemm_nt<acc_t>(R, cn, D, bf.q.data() + g * R * LD, LD, bf.kb.data() + g * cn * LD, LD, S, C, pf);  // scores
+        }
 
         if (probs_p != nullptr) {  // raw scores now, normalised with the final lse afterwards
           for (int64_t c = 0; c < cn; ++c) {
@@ -473,7 +512,8 @@ void forward_impl(const Problem& p, const at::Tensor& q, const at::Tensor& k, co
             for (int64_t d = 0; d < Dv; ++d) o[d] *= alpha;
           }
         }
-        gemm_nn_acc<acc_t>(R, Dv, cn, S, C, vbase + g * cn * LV, LV, Og, LV, pf);  // O += P V
+        if (use_blas) blas_nn_acc(R, Dv, cn, S, C, vbase + g * cn * LV, LV, Og, LV);
+        else gemm_nn_acc<acc_t>(R, Dv, cn, S, C, vbase + g * cn * LV, LV, Og, LV, pf);  // O += P V
       }
     }
     for (int64_t r = 0; r < RH; ++r) {

@@ -178,6 +178,17 @@ def test_cuda_one_long_split(D, dtype, monkeypatch):
     assert_rule(fused, twin, ref64, dtype)
 
 
+@pytest.mark.parametrize("blas", ["0", "1"])
+@pytest.mark.parametrize("shape", ["uneven-empty-one", "gqa", "odd-dims", "tc-wide"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_cpu_block_products_micro_kernels_and_blas(shape, dtype, blas, monkeypatch):
+    """The CPU kernel's two ways to multiply a key block (its micro-kernels, or BLAS for wide heads)."""
+    monkeypatch.setenv("PATHGEN_CPU_BLAS", blas)
+    q, k, v, cu = make(*SHAPES[shape], dtype)
+    fused, twin, ref64 = run_all(q, k, v, cu)
+    assert_rule(fused, twin, ref64, dtype)
+
+
 def test_thread_counts_agree():
     q, k, v, cu = make(3, 6, 8, 2, 32, 32, [3000, 10, 1500], torch.float32)
     before = torch.get_num_threads()
