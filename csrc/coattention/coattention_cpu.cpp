@@ -277,10 +277,10 @@ inline int64_t nn_ticks(int64_t Ncol) {
 // ---- the block products through BLAS --------------------------------------------------
 // For wide heads the two products of a key block, S = Q K_blk^T and O += P V_blk, go to the BLAS
 // torch was built with (MKL or OpenBLAS; single-threaded inside our worker threads): its packed,
-// ISA-dispatched GEMM kernels beat the micro-kernels above there. Measured on the 2-core AVX2 VM,
-// case A (16 slides, 207,839 patches, D = 1024, 48 query rows, fp32, 2 threads, 8 interleaved
-// rounds): median 773 ms against 846 ms, best 619 against 791 ms. Narrow problems keep the
-// micro-kernels (a GEMM call costs microseconds).
+// ISA-dispatched GEMM kernels beat the micro-kernels above there; float32 rows are read in place
+// (no packing). Measured on the 2-core AVX2 VM, case A (16 slides, 207,839 patches, D = 1024,
+// 48 query rows, fp32, 2 threads): the suite's case A went from 837-884 ms to 585 ms. Narrow
+// problems keep the micro-kernels (a GEMM call costs microseconds).
 // PATHGEN_CPU_BLAS=0 / 1 forces either (read per call; the tests run both).
 bool blas_products(const Problem& p) {
   const char* e = std::getenv("PATHGEN_CPU_BLAS");
@@ -445,7 +445,10 @@ void forward_impl(const Problem& p, const at::Tensor& q, const at::Tensor& k, co
                   const std::vector<int64_t>& offs, at::Tensor& out, at::Tensor& lse, at::Tensor& probs) {
   using acc_t = at::opmath_type<scalar_t>;
   const bool use_blas = blas_products(p);
-  const int64_t C = block_keys(p, sizeof(acc_t));
+  // float32 with BLAS: no packing, the GEMMs read the key rows in place (strided by k.stride(0))
+  const bool direct = use_blas && std::is_same_v<scalar_t, acc_t>;
+  // blocks of 512 keys there: larger GEMMs (48, 128, 256, 512 keys measured 673, 643, 623, 567 ms median on case A)
+  const int64_t C = direct ? 512 : block_keys(p, sizeof(acc_t));
   const Work w = make_work(p, offs, C);
   const int64_t n_items = static_cast<int64_t>(w.items.size());
   const int64_t R = p.R, RH = p.Hkv * p.R, D = p.D, Dv = p.Dv, HM = p.H * p.M;
@@ -477,19 +480,24 @@ void forward_impl(const Problem& p, const at::Tensor& q, const at::Tensor& k, co
     acc_t* S = bf.s.data();
     for (int64_t c0 = it.j0; c0 < it.j1; c0 += C) {
       const int64_t cn = std::min(C, it.j1 - c0);
-      pack_block<scalar_t, acc_t>(kr, c0, cn, p.Hkv, D, LD, bf.kb.data());
       const acc_t* vbase = bf.kb.data();
-      if (!p.k_is_v) {
-        pack_block<scalar_t, acc_t>(vr, c0, cn, p.Hkv, Dv, LV, bf.vb.data());
-        vbase = bf.vb.data();
+      Prefetch pf;
+      if (!direct) {
+        pack_block<scalar_t, acc_t>(kr, c0, cn, p.Hkv, D, LD, bf.kb.data());
+        if (!p.k_is_v) {
+          pack_block<scalar_t, acc_t>(vr, c0, cn, p.Hkv, Dv, LV, bf.vb.data());
+          vbase = bf.vb.data();
+        }
+        pf = next_block(kr, vr, p.k_is_v, c0 + cn, std::min(C, it.j1 - c0 - cn),
+                        p.Hkv * (nt_ticks(R, cn) + nn_ticks<acc_t>(Dv)));
       }
-      Prefetch pf = next_block(kr, vr, p.k_is_v, c0 + cn, std::min(C, it.j1 - c0 - cn),
-                               p.Hkv * (nt_ticks(R, cn) + nn_ticks<acc_t>(Dv)));
       for (int64_t g = 0; g < p.Hkv; ++g) {
         acc_t* Og = bf.o.data() + g * R * LV;
         acc_t* mg = bf.m.data() + g * R;
         acc_t* lg = bf.l.data() + g * R;
-        if (use_blas) {
+        if (direct) {  // float32 rows where they are (scalar_t == acc_t here)
+          blas_nt(R, cn, D, bf.q.data() + g * R * LD, LD, reinterpret_cast<const acc_t*>(kr.row(c0, g)), kr.s0, S, C);
+        } else if (use_blas) {
           blas_nt(R, cn, D, bf.q.data() + g * R * LD, LD, bf.kb.data() + g * cn * LD, LD, S, C);
         } else {
           gemm_nt<acc_t>(R, cn, D, bf.q.data() + g * R * LD, LD, bf.kb.data() + g * cn * LD, LD, S, C, pf);  // scores
@@ -512,7 +520,8 @@ void forward_impl(const Problem& p, const at::Tensor& q, const at::Tensor& k, co
             for (int64_t d = 0; d < Dv; ++d) o[d] *= alpha;
           }
         }
-        if (use_blas) blas_nn_acc(R, Dv, cn, S, C, vbase + g * cn * LV, LV, Og, LV);
+        if (direct) blas_nn_acc(R, Dv, cn, S, C, reinterpret_cast<const acc_t*>(vr.row(c0, g)), vr.s0, Og, LV);
+        else if (use_blas) blas_nn_acc(R, Dv, cn, S, C, vbase + g * cn * LV, LV, Og, LV);
         else gemm_nn_acc<acc_t>(R, Dv, cn, S, C, vbase + g * cn * LV, LV, Og, LV, pf);  // O += P V
       }
     }

@@ -126,7 +126,9 @@ def test_k_is_v_folded(dtype, device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("D", [24, 32])  # 32: whole 16-byte chunks, the tensor-core path on CUDA
-def test_non_contiguous_inputs(D, device):
+@pytest.mark.parametrize("blas", ["0", "1"])  # CPU: micro-kernels, or BLAS reading strided rows in place
+def test_non_contiguous_inputs(D, device, blas, monkeypatch):
+    monkeypatch.setenv("PATHGEN_CPU_BLAS", blas)
     B, M, H, Hkv, lens = 3, 4, 6, 3, [40, 0, 77]
     g = torch.Generator().manual_seed(1)
     n = sum(lens)
