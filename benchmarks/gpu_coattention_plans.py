@@ -3,7 +3,7 @@
     python benchmarks/gpu_coattention_plans.py [--json OUT.json] [--reps 20]
 
 For case A (folded: 16 slides, n ~ U[2k, 40k], M = 6, H = 8 over one KV head of D = 1024) and
-case B (unfolded: H = Hkv = 8, D = 128), in float32 and bfloat16, times with CUDA events (median
+case B (unfolded: H = Hkv = 8, D = 128), in float32 and bfloat16, times (median
 of --reps after warm-up, inputs rotated so repeats do not run out of L2):
   tc          the tensor-core kernel (default plan)
   tc-rm1/2/3  at most 16 / 32 / 48 query rows per CTA (float32 stops at 32)
@@ -26,6 +26,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from _harness import interleaved_medians
 from pathgen.ops import coattention, cu_seqlens_from_lengths, pad_bags
 from pathgen.ops.reference import coattention_ref
 
@@ -47,48 +48,23 @@ def with_env(env: dict[str, str]):
     os.environ.update(env)
 
 
-def time_ms(fn, reps: int) -> float:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    times.sort()
-    return times[len(times) // 2]
+def with_plan(fn, env: dict[str, str]):
+    """fn run under a launch plan (the variables are read per call, so setting them costs microseconds)."""
+    def run():
+        with_env(env)
+        return fn()
+    return run
 
 
-def time_round_robin(fns: dict, envs: dict, reps: int) -> dict[str, float]:
-    """Median ms per fn, one launch of each per round (env set before each)."""
-    for name, fn in fns.items():
-        with_env(envs.get(name, {}))
-        for _ in range(3):
-            fn()
-    torch.cuda.synchronize()
-    times = {name: [] for name in fns}
-    for _ in range(reps):
-        for name, fn in fns.items():
-            with_env(envs.get(name, {}))
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times[name].append(a.elapsed_time(b))
-    with_env({})
-    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+def ms(fns: dict, reps: int) -> dict[str, float]:
+    """Median milliseconds per fn, timed round-robin (benchmarks/_harness.py)."""
+    return {k: v * 1e3 for k, v in interleaved_medians(fns, "cuda", rounds=reps, warmup=3).items()}
 
 
 def copy_gbs() -> float:
     x = torch.empty(512 * 2**20, dtype=torch.uint8, device="cuda")
     y = torch.empty_like(x)
-    ms = time_ms(lambda: y.copy_(x), 20)
-    return 2 * x.numel() / ms / 1e6
+    return 2 * x.numel() / ms({"copy": lambda: y.copy_(x)}, 20)["copy"] / 1e6
 
 
 def main() -> int:
@@ -132,7 +108,7 @@ def main() -> int:
                 it[0] ^= 1
                 return sets[it[0]]
 
-            fns, envs = {}, {}
+            fns = {}
             for plan, env in PLANS.items():
                 with_env(env)
                 got = coattention(q, k, v, cu, n_max, scale=scale, return_probs=True)
@@ -145,11 +121,10 @@ def main() -> int:
                     ok = False
                     print(f"  {case} {res['dtype']} {plan}: MISMATCH {str(e).splitlines()[0:3]}")
                 res[f"{plan}_ok"] = ok
-                fns[plan] = lambda: coattention(*nxt(), cu, n_max, scale=scale, return_probs=True)
-                envs[plan] = env
-            fns["tc_noprobs"] = lambda: coattention(*nxt(), cu, n_max, scale=scale)
-            for name, ms in time_round_robin(fns, envs, a.reps).items():
-                res[f"{name}_ms"] = ms
+                fns[plan] = with_plan(lambda: coattention(*nxt(), cu, n_max, scale=scale, return_probs=True), env)
+            fns["tc_noprobs"] = with_plan(lambda: coattention(*nxt(), cu, n_max, scale=scale), {})
+            for name, t in ms(fns, a.reps).items():
+                res[f"{name}_ms"] = t
             with_env({})
             kp, mask = pad_bags(k, cu, n_max)
             vp = kp if v is k else pad_bags(v, cu, n_max)[0]
@@ -157,9 +132,10 @@ def main() -> int:
             kp, vp = kp.transpose(1, 2), vp.transpose(1, 2)
             qs = q.view(B, M, Hkv, H // Hkv, D).permute(0, 2, 1, 3, 4).reshape(B, Hkv, M * H // Hkv, D)
             add = torch.zeros(B, 1, 1, n_max, device=dev, dtype=dtype).masked_fill(~mask[:, None, None, :], float("-inf"))
-            res["sdpa_ms"] = time_ms(lambda: F.scaled_dot_product_attention(qs, kp, vp, attn_mask=add, scale=scale), a.reps)
-            res["twin_ms"] = time_ms(lambda: coattention_ref(*nxt(), cu, n_max, scale=scale, return_probs=True),
-                                     max(3, a.reps // 4))
+            res["sdpa_ms"] = ms({"sdpa": lambda: F.scaled_dot_product_attention(qs, kp, vp, attn_mask=add, scale=scale)},
+                                a.reps)["sdpa"]
+            res["twin_ms"] = ms({"twin": lambda: coattention_ref(*nxt(), cu, n_max, scale=scale, return_probs=True)},
+                                max(3, a.reps // 4))["twin"]
             del kp, vp, add
             rows.append(res)
             best = min(PLANS, key=lambda p: res[f"{p}_ms"])

@@ -288,23 +288,25 @@ bool blas_products(const Problem& p) {
   return p.R * std::min(p.D, p.Dv) >= 48 * 256;
 }
 
+// [rows, cols] view of row-major memory with leading dimension ld (no copy)
 template <typename T>
-void blas_nt(int64_t R, int64_t C, int64_t D, const T* A, int64_t lda, const T* B, int64_t ldb, T* S, int64_t lds) {
-  const auto o = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
-  const at::Tensor a = at::from_blob(const_cast<T*>(A), {R, D}, {lda, 1}, o);  // [R, D]
-  const at::Tensor b = at::from_blob(const_cast<T*>(B), {C, D}, {ldb, 1}, o);  // [C, D]
-  at::Tensor s = at::from_blob(S, {R, C}, {lds, 1}, o);                         // [R, C]
-  at::mm_out(s, a, b.t());
+at::Tensor rows_view(const T* ptr, int64_t rows, int64_t cols, int64_t ld) {
+  return at::from_blob(const_cast<T*>(ptr), {rows, cols}, {ld, 1},
+                       at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
 }
 
+// S[R, C] = A[R, D] B[C, D]^T
+template <typename T>
+void blas_nt(int64_t R, int64_t C, int64_t D, const T* A, int64_t lda, const T* B, int64_t ldb, T* S, int64_t lds) {
+  at::Tensor s = rows_view(S, R, C, lds);
+  at::mm_out(s, rows_view(A, R, D, lda), rows_view(B, C, D, ldb).t());
+}
+
+// C[R, Ncol] += A[R, K] B[K, Ncol]
 template <typename T>
 void blas_nn_acc(int64_t R, int64_t Ncol, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
                  int64_t ldc) {
-  const auto o = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
-  const at::Tensor a = at::from_blob(const_cast<T*>(A), {R, K}, {lda, 1}, o);     // [R, K]
-  const at::Tensor b = at::from_blob(const_cast<T*>(B), {K, Ncol}, {ldb, 1}, o);  // [K, Ncol]
-  at::Tensor c = at::from_blob(C, {R, Ncol}, {ldc, 1}, o);                        // [R, Ncol]
-  c.addmm_(a, b);
+  rows_view(C, R, Ncol, ldc).addmm_(rows_view(A, R, K, lda), rows_view(B, K, Ncol, ldb));
 }
 
 // ---- shared pieces ----------------------------------------------------------------------
@@ -466,8 +468,8 @@ void forward_impl(const Problem& p, const at::Tensor& q, const at::Tensor& k, co
   proto.q.resize(RH * LD);
   proto.s.resize(R * C);
   proto.o.resize(RH * LV);
-  proto.kb.resize(p.Hkv * C * LD);
-  proto.vb.resize(p.k_is_v ? 0 : p.Hkv * C * LV);
+  proto.kb.resize(direct ? 0 : p.Hkv * C * LD);
+  proto.vb.resize(direct || p.k_is_v ? 0 : p.Hkv * C * LV);
   proto.m.resize(RH);
   proto.l.resize(RH);
 
@@ -480,9 +482,14 @@ void forward_impl(const Problem& p, const at::Tensor& q, const at::Tensor& k, co
     acc_t* S = bf.s.data();
     for (int64_t c0 = it.j0; c0 < it.j1; c0 += C) {
       const int64_t cn = std::min(C, it.j1 - c0);
-      const acc_t* vbase = bf.kb.data();
+      // this block's K and V rows: in place (direct), else packed; head g at base + g * head, rows ld apart
+      const acc_t *kbase = bf.kb.data(), *vbase = bf.kb.data();
+      int64_t khead = cn * LD, kld = LD, vhead = cn * LV, vld = LV;
       Prefetch pf;
-      if (!direct) {
+      if (direct) {  // scalar_t == acc_t here
+        kbase = reinterpret_cast<const acc_t*>(kr.row(c0, 0)), khead = kr.s1, kld = kr.s0;
+        vbase = reinterpret_cast<const acc_t*>(vr.row(c0, 0)), vhead = vr.s1, vld = vr.s0;
+      } else {
         pack_block<scalar_t, acc_t>(kr, c0, cn, p.Hkv, D, LD, bf.kb.data());
         if (!p.k_is_v) {
           pack_block<scalar_t, acc_t>(vr, c0, cn, p.Hkv, Dv, LV, bf.vb.data());
@@ -495,13 +502,10 @@ void forward_impl(const Problem& p, const at::Tensor& q, const at::Tensor& k, co
         acc_t* Og = bf.o.data() + g * R * LV;
         acc_t* mg = bf.m.data() + g * R;
         acc_t* lg = bf.l.data() + g * R;
-        if (direct) {  // float32 rows where they are (scalar_t == acc_t here)
-          blas_nt(R, cn, D, bf.q.data() + g * R * LD, LD, reinterpret_cast<const acc_t*>(kr.row(c0, g)), kr.s0, S, C);
-        } else if (use_blas) {
-          blas_nt(R, cn, D, bf.q.data() + g * R * LD, LD, bf.kb.data() + g * cn * LD, LD, S, C);
-        } else {
-          gemm_nt<acc_t>(R, cn, D, bf.q.data() + g * R * LD, LD, bf.kb.data() + g * cn * LD, LD, S, C, pf);  // scores
-        }
+        const acc_t* Qg = bf.q.data() + g * R * LD;
+        const acc_t *Kg = kbase + g * khead, *Vg = vbase + g * vhead;
+        if (use_blas) blas_nt(R, cn, D, Qg, LD, Kg, kld, S, C);
+        else gemm_nt<acc_t>(R, cn, D, Qg, LD, Kg, kld, S, C, pf);  // scores
 
         if (probs_p != nullptr) {  // raw scores now, normalised with the final lse afterwards
           for (int64_t c = 0; c < cn; ++c) {
@@ -520,9 +524,8 @@ void forward_impl(const Problem& p, const at::Tensor& q, const at::Tensor& k, co
             for (int64_t d = 0; d < Dv; ++d) o[d] *= alpha;
           }
         }
-        if (direct) blas_nn_acc(R, Dv, cn, S, C, reinterpret_cast<const acc_t*>(vr.row(c0, g)), vr.s0, Og, LV);
-        else if (use_blas) blas_nn_acc(R, Dv, cn, S, C, vbase + g * cn * LV, LV, Og, LV);
-        else gemm_nn_acc<acc_t>(R, Dv, cn, S, C, vbase + g * cn * LV, LV, Og, LV, pf);  // O += P V
+        if (use_blas) blas_nn_acc(R, Dv, cn, S, C, Vg, vld, Og, LV);
+        else gemm_nn_acc<acc_t>(R, Dv, cn, S, C, Vg, vld, Og, LV, pf);  // O += P V
       }
     }
     for (int64_t r = 0; r < RH; ++r) {

@@ -78,19 +78,16 @@ split_kernel(const scalar_t* __restrict__ q,    // [B, M, H, D] contiguous
              Dims d) {
   const int64_t split = blockIdx.x;
   const int64_t b = blockIdx.z;
-  const int64_t col_tile = blockIdx.y % d.col_tiles;
-  const int64_t row_tile = (blockIdx.y / d.col_tiles) % d.row_tiles;
-  const int64_t g = blockIdx.y / (d.col_tiles * d.row_tiles);
+  const CtaTile tile = cta_tile(d);
+  const int64_t g = tile.g, row_tile = tile.row_tile, col_tile = tile.col_tile;
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int64_t r0 = row_tile * kRows;
   const int nrows = static_cast<int>(imin(kRows, d.R - r0));
   const int64_t c0 = col_tile * kThreads * kCols;
   const bool lead_tile = col_tile == 0;  // writes lse and raw probs once per row
 
-  const int64_t n = static_cast<int64_t>(cu[b + 1]) - cu[b];
-  const int64_t j_begin = static_cast<int64_t>(cu[b]) + split * d.split_len;
-  const int64_t j_end = static_cast<int64_t>(cu[b]) +
-                        (split == d.n_splits - 1 ? n : imin(n, (split + 1) * d.split_len));
+  const KeyRange keys = split_keys(cu, b, split, d);
+  const int64_t j_begin = keys.begin, j_end = keys.end;
 
   __shared__ acc_t s_tile[kRows][kTileKeys];  // scores, then probabilities
   __shared__ acc_t s_alpha[kRows];
@@ -481,9 +478,8 @@ dq_kernel(const scalar_t* __restrict__ k, const acc_t* __restrict__ ds_scratch, 
           acc_t* __restrict__ grad_q, Dims d) {
   const int64_t x = blockIdx.x, split = blockIdx.y;
   const int64_t b = x / (d.M * d.H), m = (x / d.H) % d.M, h = x % d.H, g = h / d.G;
-  const int64_t n = static_cast<int64_t>(cu[b + 1]) - cu[b];
-  const int64_t j0 = cu[b] + split * d.split_len;
-  const int64_t j1 = cu[b] + (split == d.n_splits - 1 ? n : imin(n, (split + 1) * d.split_len));
+  const KeyRange keys = split_keys(cu, b, split, d);
+  const int64_t j0 = keys.begin, j1 = keys.end;
   if (j0 >= j1) return;
   const acc_t scale = static_cast<acc_t>(d.scale);
   for (int64_t e = threadIdx.x; e < d.D; e += blockDim.x) {

@@ -21,6 +21,27 @@ struct Dims {
   double scale;
 };
 
+// Keys [begin, end) of split `split` of slide b: splits of d.split_len keys, the last one runs
+// to the end of the bag (empty when the bag is shorter than the split's start).
+struct KeyRange {
+  int64_t begin, end;
+};
+__device__ __forceinline__ KeyRange split_keys(const int32_t* cu, int64_t b, int64_t split, const Dims& d) {
+  const int64_t n = static_cast<int64_t>(cu[b + 1]) - cu[b];
+  const int64_t start = static_cast<int64_t>(cu[b]);
+  return {start + split * d.split_len,
+          start + (split == d.n_splits - 1 ? n : imin(n, (split + 1) * d.split_len))};
+}
+
+// The forward's blockIdx.y: (KV head, row tile, column tile), column tile fastest.
+struct CtaTile {
+  int64_t g, row_tile, col_tile;
+};
+__device__ __forceinline__ CtaTile cta_tile(const Dims& d) {
+  return {blockIdx.y / (d.col_tiles * d.row_tiles), (blockIdx.y / d.col_tiles) % d.row_tiles,
+          blockIdx.y % d.col_tiles};
+}
+
 namespace tc {
 
 constexpr int kWarps = 8;

@@ -185,19 +185,16 @@ tc_split_kernel(const scalar_t* __restrict__ q,   // [B, M, H, D] contiguous
 
   const int64_t split = blockIdx.x;
   const int64_t b = blockIdx.z;
-  const int64_t col_tile = blockIdx.y % d.col_tiles;
-  const int64_t row_tile = (blockIdx.y / d.col_tiles) % d.row_tiles;
-  const int64_t g = blockIdx.y / (d.col_tiles * d.row_tiles);
+  const CtaTile tile = cta_tile(d);
+  const int64_t g = tile.g, row_tile = tile.row_tile, col_tile = tile.col_tile;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g4 = lane / 4, t4 = lane % 4;
   const int64_t r0 = row_tile * NR;
   const int64_t c0 = col_tile * CT + warp * CW;  // this warp's first output column
   const bool lead = col_tile == 0;
   const bool has_cols = c0 < d.Dv;
 
-  const int64_t n = static_cast<int64_t>(cu[b + 1]) - cu[b];
-  const int64_t j_begin = static_cast<int64_t>(cu[b]) + split * d.split_len;
-  const int64_t j_end = static_cast<int64_t>(cu[b]) +
-                        (split == d.n_splits - 1 ? n : imin(n, (split + 1) * d.split_len));
+  const KeyRange keys = split_keys(cu, b, split, d);
+  const int64_t j_begin = keys.begin, j_end = keys.end;
 
   __shared__ float s_max[kWarps][NR];
   __shared__ float s_sum[kWarps][NR];
