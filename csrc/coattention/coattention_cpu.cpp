@@ -2,14 +2,17 @@
 //
 // Split-KV on the CPU: each slide's keys are cut into splits of equal length (all KV heads of
 // a key together, so memory is read in order); threads pull splits from a shared counter,
-// largest first. Within a split, keys stream in blocks sized for L2: a block is packed once
-// (bf16/fp16 converted to fp32 on the way, rows padded against 4 KiB set aliasing) while the
-// next block is software-prefetched, then for each KV head all R = M * H / Hkv query rows
-// that share it are handled in one pass over the block:
-//   S = Qs K_blk^T (register-tiled 6x2 dot products, or BLAS for wide heads), online softmax
-//   (coattention_math.h), O += P V_blk (register-tiled 6x16 broadcast-FMAs, or BLAS),
-// so each key row is read from memory once. Splits are merged by their log-sum-exp.
-// Accumulation is fp32 (fp64 for float64 inputs).
+// largest first. Within a split, keys stream in blocks; for each KV head all R = M * H / Hkv
+// query rows that share it are handled in one pass over the block (see "how a key block's two
+// products are computed" below):
+//   wide groups:   S^T = K_blk Q^T (key-major scores) and O += P V_blk through BLAS, float32 key
+//                  rows read in place, 512-key blocks, column-wise online softmax;
+//   narrow groups: the block packed once (bf16/fp16 converted to fp32 on the way, rows padded
+//                  against 4 KiB set aliasing) while the next is software-prefetched, then
+//                  S = Qs K_blk^T (register-tiled 6x2 dot products), row-wise online softmax,
+//                  O += P V_blk (register-tiled 6x16 broadcast-FMAs), blocks sized for L2,
+// so each key row is read from memory once (coattention_math.h: online softmax and merge).
+// Splits are merged by their log-sum-exp. Accumulation is fp32 (fp64 for float64 inputs).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -20,6 +23,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <numeric>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -116,6 +120,57 @@ inline T row_max(const T* row, int64_t n) {
   }
   for (; c < n; ++c) mx = row[c] > mx ? row[c] : mx;
   return mx;
+}
+
+// Column-wise softmax pieces for a block of scores stored key-major (st[c w + j], n keys x w rows):
+// mx[j] = max_c st[c, j]; and st[c, j] = exp(st[c, j] - m[j]) with colsum[j] += sum_c of it.
+// Rows stay in vector lanes (no horizontal reductions).
+template <typename T>
+void col_max(const T* st, int64_t n, int64_t w, T* mx) {
+  int64_t j = 0;
+  if constexpr (std::is_same_v<T, float>) {
+    using S_ = Simd<float>;
+    for (; j + S_::L <= w; j += S_::L) {
+      typename S_::V m = S_::splat(neg_inf<float>());
+      for (int64_t c = 0; c < n; ++c) {
+        const auto x = S_::load(st + c * w + j);
+        m = x > m ? x : m;
+      }
+      S_::store(mx + j, m);
+    }
+  }
+  for (; j < w; ++j) {
+    T m = neg_inf<T>();
+    for (int64_t c = 0; c < n; ++c) m = st[c * w + j] > m ? st[c * w + j] : m;
+    mx[j] = m;
+  }
+}
+
+template <typename T>
+void exp_sub_cols(T* st, int64_t n, int64_t w, const T* m, T* colsum) {
+  int64_t j = 0;
+  if constexpr (std::is_same_v<T, float>) {
+    using S_ = Simd<float>;
+    for (; j + S_::L <= w; j += S_::L) {
+      const typename S_::V mv = S_::load(m + j);
+      typename S_::V sum{};
+      for (int64_t c = 0; c < n; ++c) {
+        const auto e = exp_fast_vec(S_::load(st + c * w + j) - mv);
+        S_::store(st + c * w + j, e);
+        sum += e;
+      }
+      S_::store(colsum + j, S_::load(colsum + j) + sum);
+    }
+  }
+  for (; j < w; ++j) {
+    T sum = 0;
+    for (int64_t c = 0; c < n; ++c) {
+      const T e = exp_fast(st[c * w + j] - m[j]);
+      st[c * w + j] = e;
+      sum += e;
+    }
+    colsum[j] += sum;
+  }
 }
 
 // 64-byte aligned scratch, so vector loops over rows start aligned (no scalar peeling).
@@ -274,18 +329,29 @@ inline int64_t nn_ticks(int64_t Ncol) {
   return Ncol / (2 * Simd<T>::L);
 }
 
-// ---- the block products through BLAS --------------------------------------------------
-// For wide heads the two products of a key block, S = Q K_blk^T and O += P V_blk, go to the BLAS
-// torch was built with (MKL or OpenBLAS; single-threaded inside our worker threads): its packed,
-// ISA-dispatched GEMM kernels beat the micro-kernels above there; float32 rows are read in place
-// (no packing). Measured on the 2-core AVX2 VM, case A (16 slides, 207,839 patches, D = 1024,
-// 48 query rows, fp32, 2 threads): the suite's case A went from 837-884 ms to 585 ms. Narrow
-// problems keep the micro-kernels (a GEMM call costs microseconds).
-// PATHGEN_CPU_BLAS=0 / 1 forces either (read per call; the tests run both).
-bool blas_products(const Problem& p) {
-  const char* e = std::getenv("PATHGEN_CPU_BLAS");
-  if (e != nullptr && (e[0] == '0' || e[0] == '1')) return e[0] == '1';
-  return p.R * std::min(p.D, p.Dv) >= 48 * 256;
+// ---- how a key block's two products are computed ----------------------------------------
+//   blas   wide groups (R query rows per KV head, R min(D, Dv) >= 48 x 256, the folded form): the
+//          scores key-major, S^T = K_blk Q^T against the group's queries packed once per split as
+//          a [D, R] panel, then O += (S^T)^T V_blk, both through the BLAS torch was built with
+//          (MKL or OpenBLAS, single-threaded inside our workers), float32 key rows read in place.
+//          Key-major scores make a key's R scores adjacent, as `probs` stores them (one memcpy
+//          per key), and the softmax runs down columns with the rows in vector lanes.
+//   tiles  narrow groups: S = Q K_blk^T as 6 x 2 dot-product tiles of packed rows, O += P V_blk
+//          as 6 x 16 broadcast-FMA tiles (a GEMM call costs microseconds).
+// Case A (16 slides, 207,839 patches, D = 1024, R = 48, fp32, 2 threads, best of 4): blas 474-504 ms,
+// row-major BLAS products (S = Q K^T, the previous layout) 523-572 ms, own 6 x 16 kernels in the
+// key-major layout 666-700 ms, tiles 741-807 ms. PATHGEN_CPU_PATH=blas|tiles forces either
+// (read per call; the tests run both).
+enum class Path { kBlas, kTiles };
+
+Path cpu_path(const Problem& p) {
+  if (const char* e = std::getenv("PATHGEN_CPU_PATH")) {
+    const std::string v(e);
+    if (v == "blas") return Path::kBlas;
+    if (v == "tiles") return Path::kTiles;
+    TORCH_CHECK(v.empty(), "PATHGEN_CPU_PATH must be blas or tiles, got '", v, "'");
+  }
+  return p.R * std::min(p.D, p.Dv) >= 48 * 256 ? Path::kBlas : Path::kTiles;
 }
 
 // [rows, cols] view of row-major memory with leading dimension ld (no copy)
@@ -295,18 +361,18 @@ at::Tensor rows_view(const T* ptr, int64_t rows, int64_t cols, int64_t ld) {
                        at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
 }
 
-// S[R, C] = A[R, D] B[C, D]^T
+// C[R, N] = A[R, K] B[K, N]
 template <typename T>
-void blas_nt(int64_t R, int64_t C, int64_t D, const T* A, int64_t lda, const T* B, int64_t ldb, T* S, int64_t lds) {
-  at::Tensor s = rows_view(S, R, C, lds);
-  at::mm_out(s, rows_view(A, R, D, lda), rows_view(B, C, D, ldb).t());
+void blas_nn(int64_t R, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc) {
+  at::Tensor c = rows_view(C, R, N, ldc);
+  at::mm_out(c, rows_view(A, R, K, lda), rows_view(B, K, N, ldb));
 }
 
-// C[R, Ncol] += A[R, K] B[K, Ncol]
+// C[R, N] += A[K, R]^T B[K, N]
 template <typename T>
-void blas_nn_acc(int64_t R, int64_t Ncol, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
+void blas_tn_acc(int64_t R, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
                  int64_t ldc) {
-  rows_view(C, R, Ncol, ldc).addmm_(rows_view(A, R, K, lda), rows_view(B, K, Ncol, ldb));
+  rows_view(C, R, N, ldc).addmm_(rows_view(A, K, R, lda).t(), rows_view(B, K, N, ldb));
 }
 
 // ---- shared pieces ----------------------------------------------------------------------
@@ -415,9 +481,10 @@ Prefetch next_block(const Rows<scalar_t>& kr, const Rows<scalar_t>& vr, bool k_i
 }
 
 // Row of query (m, h) in the per-slide row order: KV head g = h / G owns rows g R .. g R + R - 1,
-// and row g R + m G + i is (query m, head g G + i).
+// and row g R + i M + m is (query m, head g G + i): the order of `probs` ([N, H, M]), so a key's
+// scores of one KV head are R adjacent floats there.
 inline int64_t row_of(const Problem& p, int64_t m, int64_t h) {
-  return (h / p.G) * p.R + m * p.G + h % p.G;
+  return h * p.M + m;  // = (h / G) R + (h % G) M + m
 }
 
 // x[b] ([M, H, width], any strides) times `mult` into dst [M H, ld] in row order.
@@ -439,18 +506,37 @@ void gather_rows(const Problem& p, const at::Tensor& x, int64_t b, int64_t width
 
 template <typename acc_t>
 struct FwdBuffers {
-  Scratch<acc_t> q, s, o, kb, vb, m, l;
+  Scratch<acc_t> q, s, o, kb, vb, m, l, bmax;
 };
+
+// x[b] ([M, H, D], any strides) times `mult` into per-KV-head panels dst[g][d][r] ([Hkv, D, R]),
+// rows in row_of order: the B operand of the keys-as-rows score product.
+template <typename scalar_t, typename acc_t>
+void gather_panels(const Problem& p, const at::Tensor& x, int64_t b, acc_t mult, acc_t* dst) {
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  const int64_t s0 = x.stride(0), s1 = x.stride(1), s2 = x.stride(2), s3 = x.stride(3);
+  for (int64_t m = 0; m < p.M; ++m) {
+    for (int64_t h = 0; h < p.H; ++h) {
+      const scalar_t* src = xp + b * s0 + m * s1 + h * s2;
+      const int64_t g = h / p.G, r = row_of(p, m, h) - g * p.R;
+      acc_t* d = dst + g * p.D * p.R + r;
+      for (int64_t e = 0; e < p.D; ++e) d[e * p.R] = static_cast<acc_t>(src[e * s3]) * mult;
+    }
+  }
+}
 
 template <typename scalar_t>
 void forward_impl(const Problem& p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                   const std::vector<int64_t>& offs, at::Tensor& out, at::Tensor& lse, at::Tensor& probs) {
   using acc_t = at::opmath_type<scalar_t>;
-  const bool use_blas = blas_products(p);
-  // float32 with BLAS: no packing, the GEMMs read the key rows in place (strided by k.stride(0))
+  const Path path = cpu_path(p);
+  const bool use_blas = path == Path::kBlas;
+  // float32 / float64 key rows are read in place by BLAS; others are packed (to acc_t)
   const bool direct = use_blas && std::is_same_v<scalar_t, acc_t>;
-  // blocks of 512 keys there: larger GEMMs (48, 128, 256, 512 keys measured 673, 643, 623, 567 ms median on case A)
-  const int64_t C = direct ? 512 : block_keys(p, sizeof(acc_t));
+  // keys per block: BLAS wants large GEMMs (48, 128, 256, 512 keys measured 673, 643, 623, 567 ms
+  // median on case A in the row-major layout; bf16 packed: 256 and 512 keys within 1 %); the
+  // tiles keep a block's rows in L2 between its two products
+  const int64_t C = use_blas ? 512 : block_keys(p, sizeof(acc_t));
   const Work w = make_work(p, offs, C);
   const int64_t n_items = static_cast<int64_t>(w.items.size());
   const int64_t R = p.R, RH = p.Hkv * p.R, D = p.D, Dv = p.Dv, HM = p.H * p.M;
@@ -465,27 +551,28 @@ void forward_impl(const Problem& p, const at::Tensor& q, const at::Tensor& k, co
   std::vector<acc_t> part_lse(static_cast<size_t>(n_items * RH));
 
   FwdBuffers<acc_t> proto;
-  proto.q.resize(RH * LD);
-  proto.s.resize(R * C);
+  proto.q.resize(use_blas ? p.Hkv * D * R : RH * LD);  // panels [Hkv, D, R] | rows [RH, LD]
+  proto.s.resize(R * C);                               // scores [C, R] key-major | [R, C]
   proto.o.resize(RH * LV);
   proto.kb.resize(direct ? 0 : p.Hkv * C * LD);
   proto.vb.resize(direct || p.k_is_v ? 0 : p.Hkv * C * LV);
   proto.m.resize(RH);
   proto.l.resize(RH);
+  proto.bmax.resize(R);
 
   run_items(w, proto, [&](int64_t idx, FwdBuffers<acc_t>& bf) {
     const Item it = w.items[idx];
-    gather_rows<scalar_t, acc_t>(p, q, it.b, D, LD, static_cast<acc_t>(p.scale), bf.q.data());
+    if (use_blas) gather_panels<scalar_t, acc_t>(p, q, it.b, static_cast<acc_t>(p.scale), bf.q.data());
+    else gather_rows<scalar_t, acc_t>(p, q, it.b, D, LD, static_cast<acc_t>(p.scale), bf.q.data());
     std::fill(bf.o.begin(), bf.o.end(), acc_t(0));
     std::fill(bf.m.begin(), bf.m.end(), neg_inf<acc_t>());
     std::fill(bf.l.begin(), bf.l.end(), acc_t(0));
     acc_t* S = bf.s.data();
     for (int64_t c0 = it.j0; c0 < it.j1; c0 += C) {
-      const int64_t cn = std::min(C, it.j1 - c0);
+      const int64_t cn = std::min(C, it.j1 - c0), c_next = std::min(C, it.j1 - c0 - cn);
       // this block's K and V rows: in place (direct), else packed; head g at base + g * head, rows ld apart
       const acc_t *kbase = bf.kb.data(), *vbase = bf.kb.data();
       int64_t khead = cn * LD, kld = LD, vhead = cn * LV, vld = LV;
-      Prefetch pf;
       if (direct) {  // scalar_t == acc_t here
         kbase = reinterpret_cast<const acc_t*>(kr.row(c0, 0)), khead = kr.s1, kld = kr.s0;
         vbase = reinterpret_cast<const acc_t*>(vr.row(c0, 0)), vhead = vr.s1, vld = vr.s0;
@@ -495,23 +582,40 @@ void forward_impl(const Problem& p, const at::Tensor& q, const at::Tensor& k, co
           pack_block<scalar_t, acc_t>(vr, c0, cn, p.Hkv, Dv, LV, bf.vb.data());
           vbase = bf.vb.data();
         }
-        pf = next_block(kr, vr, p.k_is_v, c0 + cn, std::min(C, it.j1 - c0 - cn),
-                        p.Hkv * (nt_ticks(R, cn) + nn_ticks<acc_t>(Dv)));
       }
+      // the tiles stream the next block in during this one's arithmetic
+      Prefetch pf = use_blas ? Prefetch{}
+                             : next_block(kr, vr, p.k_is_v, c0 + cn, c_next,
+                                          p.Hkv * (nt_ticks(R, cn) + nn_ticks<acc_t>(Dv)));
       for (int64_t g = 0; g < p.Hkv; ++g) {
         acc_t* Og = bf.o.data() + g * R * LV;
         acc_t* mg = bf.m.data() + g * R;
         acc_t* lg = bf.l.data() + g * R;
-        const acc_t* Qg = bf.q.data() + g * R * LD;
         const acc_t *Kg = kbase + g * khead, *Vg = vbase + g * vhead;
-        if (use_blas) blas_nt(R, cn, D, Qg, LD, Kg, kld, S, C);
-        else gemm_nt<acc_t>(R, cn, D, Qg, LD, Kg, kld, S, C, pf);  // scores
+        if (use_blas) {
+          blas_nn(cn, R, D, Kg, kld, bf.q.data() + g * D * R, R, S, R);  // S^T [cn, R] = K_blk Q^T, scaled
+          if (probs_p != nullptr)  // raw scores now, normalised with the final lse afterwards
+            for (int64_t c = 0; c < cn; ++c) std::memcpy(probs_p + (c0 + c) * HM + g * R, S + c * R, R * sizeof(acc_t));
+          col_max(S, cn, R, bf.bmax.data());  // (1) online softmax, all rows at once
+          for (int64_t r = 0; r < R; ++r) {
+            const acc_t alpha = online_rescale(mg[r], lg[r], bf.bmax[r]);
+            if (alpha != acc_t(1)) {
+              acc_t* o = Og + r * LV;
+#pragma omp simd
+              for (int64_t d = 0; d < Dv; ++d) o[d] *= alpha;
+            }
+          }
+          exp_sub_cols(S, cn, R, mg, lg);
+          blas_tn_acc(R, Dv, cn, S, R, Vg, vld, Og, LV);  // O += P V
+          continue;
+        }
+        const acc_t* Qg = bf.q.data() + g * R * LD;
+        gemm_nt<acc_t>(R, cn, D, Qg, LD, Kg, kld, S, C, pf);  // scores
 
         if (probs_p != nullptr) {  // raw scores now, normalised with the final lse afterwards
           for (int64_t c = 0; c < cn; ++c) {
-            acc_t* dst = probs_p + (c0 + c) * HM + g * p.G * p.M;
-            for (int64_t m = 0; m < p.M; ++m)
-              for (int64_t i = 0; i < p.G; ++i) dst[i * p.M + m] = S[(m * p.G + i) * C + c];
+            acc_t* dst = probs_p + (c0 + c) * HM + g * R;
+            for (int64_t r = 0; r < R; ++r) dst[r] = S[r * C + c];
           }
         }
         for (int64_t r = 0; r < R; ++r) {  // (1) online softmax, row by row
@@ -524,8 +628,7 @@ void forward_impl(const Problem& p, const at::Tensor& q, const at::Tensor& k, co
             for (int64_t d = 0; d < Dv; ++d) o[d] *= alpha;
           }
         }
-        if (use_blas) blas_nn_acc(R, Dv, cn, S, C, Vg, vld, Og, LV);
-        else gemm_nn_acc<acc_t>(R, Dv, cn, S, C, Vg, vld, Og, LV, pf);  // O += P V
+        gemm_nn_acc<acc_t>(R, Dv, cn, S, C, Vg, vld, Og, LV, pf);  // O += P V
       }
     }
     for (int64_t r = 0; r < RH; ++r) {
@@ -714,9 +817,8 @@ void backward_impl(const Problem& p, const at::Tensor& grad_out, const at::Tenso
         }
         if (gp_p != nullptr) {  // + upstream grad of probs
           for (int64_t c = 0; c < cn; ++c) {
-            const acc_t* src = gp_p + (c0 + c) * HM + g * p.G * p.M;
-            for (int64_t m = 0; m < p.M; ++m)
-              for (int64_t i = 0; i < p.G; ++i) dP[(m * p.G + i) * C + c] += src[i * p.M + m];
+            const acc_t* src = gp_p + (c0 + c) * HM + g * R;
+            for (int64_t r = 0; r < R; ++r) dP[r * C + c] += src[r];
           }
         }
         if (gv_p != nullptr && has_do) {  // dv_j = sum_r p_rj dO_r

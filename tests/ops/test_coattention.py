@@ -31,7 +31,10 @@ SHAPES = {
     "tc-wide": (3, 7, 8, 1, 128, 512, [1000, 3, 2500]),
     "tc-256": (2, 6, 4, 2, 64, 256, [300, 777]),
     "long-bag": (2, 6, 8, 1, 64, 64, [5000, 130]),
+    "head-2048": (2, 6, 8, 1, 2048, 2048, [100, 37]),
 }
+# the CPU kernel's ways to multiply a key block (PATHGEN_CPU_PATH; csrc/coattention/coattention_cpu.cpp)
+CPU_PATHS = ["blas", "tiles"]
 
 
 def make(B, M, H, Hkv, D, Dv, lens, dtype, device="cpu", seed=0, requires_grad=False):
@@ -126,9 +129,9 @@ def test_k_is_v_folded(dtype, device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("D", [24, 32])  # 32: whole 16-byte chunks, the tensor-core path on CUDA
-@pytest.mark.parametrize("blas", ["0", "1"])  # CPU: micro-kernels, or BLAS reading strided rows in place
-def test_non_contiguous_inputs(D, device, blas, monkeypatch):
-    monkeypatch.setenv("PATHGEN_CPU_BLAS", blas)
+@pytest.mark.parametrize("cpu_path", CPU_PATHS)  # CPU: BLAS reads strided float32 rows in place
+def test_non_contiguous_inputs(D, device, cpu_path, monkeypatch):
+    monkeypatch.setenv("PATHGEN_CPU_PATH", cpu_path)
     B, M, H, Hkv, lens = 3, 4, 6, 3, [40, 0, 77]
     g = torch.Generator().manual_seed(1)
     n = sum(lens)
@@ -180,12 +183,12 @@ def test_cuda_one_long_split(D, dtype, monkeypatch):
     assert_rule(fused, twin, ref64, dtype)
 
 
-@pytest.mark.parametrize("blas", ["0", "1"])
-@pytest.mark.parametrize("shape", ["uneven-empty-one", "gqa", "odd-dims", "tc-wide"])
+@pytest.mark.parametrize("cpu_path", CPU_PATHS)
+@pytest.mark.parametrize("shape", ["uneven-empty-one", "gqa", "odd-dims", "tc-wide", "head-2048"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
-def test_cpu_block_products_micro_kernels_and_blas(shape, dtype, blas, monkeypatch):
-    """The CPU kernel's two ways to multiply a key block (its micro-kernels, or BLAS for wide heads)."""
-    monkeypatch.setenv("PATHGEN_CPU_BLAS", blas)
+def test_cpu_block_products(shape, dtype, cpu_path, monkeypatch):
+    """The CPU kernel's two ways to multiply a key block, each on every shape (whatever the default picks)."""
+    monkeypatch.setenv("PATHGEN_CPU_PATH", cpu_path)
     q, k, v, cu = make(*SHAPES[shape], dtype)
     fused, twin, ref64 = run_all(q, k, v, cu)
     assert_rule(fused, twin, ref64, dtype)
@@ -371,3 +374,10 @@ def test_bags_roundtrip():
     assert torch.equal(po.bag_lengths(cu), torch.tensor(lens))
     with pytest.raises(ValueError):
         po.pad_bags(x, cu, max_seqlen=4)
+
+
+def test_cpu_path_knob_rejects_unknown_values(monkeypatch):
+    monkeypatch.setenv("PATHGEN_CPU_PATH", "fast")
+    q, k, v, cu = make(*SHAPES["gqa"], torch.float32)
+    with pytest.raises(RuntimeError, match="PATHGEN_CPU_PATH must be blas or tiles"):
+        po.coattention(q, k, v, cu)
