@@ -10,8 +10,8 @@ Alternatives, all timed round-robin in the same process:
   mha        nn.MultiheadAttention(E = 1024, 8 heads) with its projections and weights returned,
              slide by slide (PathGen's batch of one; a padded batch of 16 x 40k x 1024 would not
              fit this machine next to the rest). At the realistic size it runs twice, round-robin
-             with ``module``, and only in float32 on CPU: bfloat16 GEMMs without AVX-512-BF16/AMX run ~5x slower than fp32
-             here, one bf16 call would take about ten minutes.
+             with ``module``, and only in float32 on CPU: bfloat16 GEMMs without AVX-512-BF16/AMX
+             run ~5x slower than fp32 here, one bf16 call would take about ten minutes.
   module     pathgen.nn.CoAttention (folded for A, unfolded with cached K/V for B) with weights:
              the like-for-like replacement of ``mha``.
 
