@@ -13,6 +13,8 @@
 //                  O += P V_blk (register-tiled 6x16 broadcast-FMAs), blocks sized for L2,
 // so each key row is read from memory once (coattention_math.h: online softmax and merge).
 // Splits are merged by their log-sum-exp. Accumulation is fp32 (fp64 for float64 inputs).
+// The backward follows the same split: per block it recomputes P and forms dP, dS, dq, dk, dv
+// with the same two kinds of products (key-major through BLAS for wide groups, else the tiles).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -368,6 +370,13 @@ void blas_nn(int64_t R, int64_t N, int64_t K, const T* A, int64_t lda, const T* 
   at::mm_out(c, rows_view(A, R, K, lda), rows_view(B, K, N, ldb));
 }
 
+// C[R, N] += A[R, K] B[K, N]
+template <typename T>
+void blas_nn_acc(int64_t R, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
+                 int64_t ldc) {
+  rows_view(C, R, N, ldc).addmm_(rows_view(A, R, K, lda), rows_view(B, K, N, ldb));
+}
+
 // C[R, N] += A[K, R]^T B[K, N]
 template <typename T>
 void blas_tn_acc(int64_t R, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
@@ -512,15 +521,15 @@ struct FwdBuffers {
 // x[b] ([M, H, D], any strides) times `mult` into per-KV-head panels dst[g][d][r] ([Hkv, D, R]),
 // rows in row_of order: the B operand of the keys-as-rows score product.
 template <typename scalar_t, typename acc_t>
-void gather_panels(const Problem& p, const at::Tensor& x, int64_t b, acc_t mult, acc_t* dst) {
+void gather_panels(const Problem& p, const at::Tensor& x, int64_t b, int64_t width, acc_t mult, acc_t* dst) {
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
   const int64_t s0 = x.stride(0), s1 = x.stride(1), s2 = x.stride(2), s3 = x.stride(3);
   for (int64_t m = 0; m < p.M; ++m) {
     for (int64_t h = 0; h < p.H; ++h) {
       const scalar_t* src = xp + b * s0 + m * s1 + h * s2;
       const int64_t g = h / p.G, r = row_of(p, m, h) - g * p.R;
-      acc_t* d = dst + g * p.D * p.R + r;
-      for (int64_t e = 0; e < p.D; ++e) d[e * p.R] = static_cast<acc_t>(src[e * s3]) * mult;
+      acc_t* d = dst + g * width * p.R + r;
+      for (int64_t e = 0; e < width; ++e) d[e * p.R] = static_cast<acc_t>(src[e * s3]) * mult;
     }
   }
 }
@@ -562,7 +571,7 @@ void forward_impl(const Problem& p, const at::Tensor& q, const at::Tensor& k, co
 
   run_items(w, proto, [&](int64_t idx, FwdBuffers<acc_t>& bf) {
     const Item it = w.items[idx];
-    if (use_blas) gather_panels<scalar_t, acc_t>(p, q, it.b, static_cast<acc_t>(p.scale), bf.q.data());
+    if (use_blas) gather_panels<scalar_t, acc_t>(p, q, it.b, D, static_cast<acc_t>(p.scale), bf.q.data());
     else gather_rows<scalar_t, acc_t>(p, q, it.b, D, LD, static_cast<acc_t>(p.scale), bf.q.data());
     std::fill(bf.o.begin(), bf.o.end(), acc_t(0));
     std::fill(bf.m.begin(), bf.m.end(), neg_inf<acc_t>());
@@ -704,7 +713,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> coattention_cpu(const at::Tensor&
 
 template <typename acc_t>
 struct BwdBuffers {
-  Scratch<acc_t> q, dout, s, dp, t, kb, vb, gkb, gvb, lse, delta;
+  Scratch<acc_t> q, dout, qp, dop, s, dp, t, kb, vb, gkb, gvb, lse, delta;
 };
 
 template <typename scalar_t>
@@ -714,7 +723,9 @@ void backward_impl(const Problem& p, const at::Tensor& grad_out, const at::Tenso
                    const at::Tensor& probs, std::array<bool, 3> mask, at::Tensor& gq, at::Tensor& gk,
                    at::Tensor& gv) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t C = block_keys(p, sizeof(acc_t));
+  // wide groups: the forward's key-major BLAS products, on packed blocks of 256 keys
+  const bool use_blas = cpu_path(p) == Path::kBlas;
+  const int64_t C = use_blas ? 256 : block_keys(p, sizeof(acc_t));
   const int64_t R = p.R, RH = p.Hkv * p.R, D = p.D, Dv = p.Dv, HM = p.H * p.M;
   const int64_t LD = padded_ld(D), LV = padded_ld(Dv);
   const bool has_do = grad_out.defined(), has_gp = grad_probs.defined();
@@ -762,6 +773,8 @@ void backward_impl(const Problem& p, const at::Tensor& grad_out, const at::Tenso
   BwdBuffers<acc_t> proto;
   proto.q.resize(RH * LD);
   proto.dout.resize(RH * LV, acc_t(0));
+  proto.qp.resize(use_blas ? p.Hkv * D * R : 0);  // panels [Hkv, D, R], [Hkv, Dv, R]
+  proto.dop.resize(use_blas ? p.Hkv * Dv * R : 0, acc_t(0));
   proto.s.resize(R * C);
   proto.dp.resize(R * C);
   proto.t.resize(C * R);
@@ -776,6 +789,10 @@ void backward_impl(const Problem& p, const at::Tensor& grad_out, const at::Tenso
     const Item it = w.items[idx];
     gather_rows<scalar_t, acc_t>(p, q, it.b, D, LD, static_cast<acc_t>(p.scale), bf.q.data());
     if (has_do) gather_rows<scalar_t, acc_t>(p, grad_out, it.b, Dv, LV, acc_t(1), bf.dout.data());
+    if (use_blas) {
+      gather_panels<scalar_t, acc_t>(p, q, it.b, D, static_cast<acc_t>(p.scale), bf.qp.data());
+      if (has_do) gather_panels<scalar_t, acc_t>(p, grad_out, it.b, Dv, acc_t(1), bf.dop.data());
+    }
     for (int64_t m = 0; m < p.M; ++m) {
       for (int64_t h = 0; h < p.H; ++h) {
         const int64_t x = (it.b * p.M + m) * p.H + h;
@@ -805,6 +822,30 @@ void backward_impl(const Problem& p, const at::Tensor& grad_out, const at::Tenso
         const acc_t* Vg = vbase + g * cn * LV;
         const acc_t* lse_g = bf.lse.data() + g * R;
         const acc_t* delta_g = bf.delta.data() + g * R;
+        acc_t* gkb_g = bf.gkb.data() + g * D;  // [cn, D] rows Hkv D apart
+        acc_t* gvb_g = bf.gvb.data() + g * Dv;
+        acc_t* dq_g = mask[0] ? part_dq.data() + (idx * RH + g * R) * D : nullptr;
+
+        if (use_blas) {  // key-major: S^T, P^T, dP^T, dS^T are [cn, R]
+          blas_nn(cn, R, D, Kg, LD, bf.qp.data() + g * D * R, R, S, R);  // scaled scores
+          for (int64_t c = 0; c < cn; ++c) exp_sub_row<acc_t, true>(S + c * R, lse_g, R);  // P^T
+          if (has_do) blas_nn(cn, R, Dv, Vg, LV, bf.dop.data() + g * Dv * R, R, dP, R);  // dP^T = V dO^T
+          else std::fill(dP, dP + cn * R, acc_t(0));
+          if (gp_p != nullptr)
+            for (int64_t c = 0; c < cn; ++c) {
+              const acc_t* src = gp_p + (c0 + c) * HM + g * R;
+#pragma omp simd
+              for (int64_t r = 0; r < R; ++r) dP[c * R + r] += src[r];
+            }
+          if (gv_p != nullptr && has_do) blas_nn_acc(cn, Dv, R, S, R, dOg, LV, gvb_g, p.Hkv * Dv);  // dv = P^T dO
+          for (int64_t c = 0; c < cn; ++c) {  // dS^T = P^T (dP^T - delta), in place of dP
+#pragma omp simd
+            for (int64_t r = 0; r < R; ++r) dP[c * R + r] = grad_score(S[c * R + r], dP[c * R + r], delta_g[r]);
+          }
+          if (dq_g != nullptr) blas_tn_acc(R, D, cn, dP, R, Kg, LD, dq_g, D);  // dq += dS K
+          if (gk_p != nullptr) blas_nn_acc(cn, D, R, dP, R, Qg, LD, gkb_g, p.Hkv * D);  // dk = dS^T (scale q)
+          continue;
+        }
 
         gemm_nt<acc_t>(R, cn, D, Qg, LD, Kg, LD, S, C, pf);  // scaled scores
         for (int64_t r = 0; r < R; ++r) {              // P = exp(s - lse)
@@ -824,7 +865,7 @@ void backward_impl(const Problem& p, const at::Tensor& grad_out, const at::Tenso
         if (gv_p != nullptr && has_do) {  // dv_j = sum_r p_rj dO_r
           for (int64_t r = 0; r < R; ++r)
             for (int64_t c = 0; c < cn; ++c) T[c * R + r] = S[r * C + c];
-          gemm_nn_acc<acc_t>(cn, Dv, R, T, R, dOg, LV, bf.gvb.data() + g * Dv, p.Hkv * Dv, pf);
+          gemm_nn_acc<acc_t>(cn, Dv, R, T, R, dOg, LV, gvb_g, p.Hkv * Dv, pf);
         }
         for (int64_t r = 0; r < R; ++r) {  // dS = p (dP - delta), in place of dP
           acc_t* dpr = dP + r * C;
@@ -834,11 +875,11 @@ void backward_impl(const Problem& p, const at::Tensor& grad_out, const at::Tenso
           for (int64_t c = 0; c < cn; ++c) dpr[c] = grad_score(pr[c], dpr[c], dl);
         }
         if (mask[0])  // dq_r += sum_j dS_rj k_j   (times scale at the merge)
-          gemm_nn_acc<acc_t>(R, D, cn, dP, C, Kg, LD, part_dq.data() + (idx * RH + g * R) * D, D, pf);
+          gemm_nn_acc<acc_t>(R, D, cn, dP, C, Kg, LD, dq_g, D, pf);
         if (gk_p != nullptr) {  // dk_j = sum_r dS_rj (scale q_r)
           for (int64_t r = 0; r < R; ++r)
             for (int64_t c = 0; c < cn; ++c) T[c * R + r] = dP[r * C + c];
-          gemm_nn_acc<acc_t>(cn, D, R, T, R, Qg, LD, bf.gkb.data() + g * D, p.Hkv * D, pf);
+          gemm_nn_acc<acc_t>(cn, D, R, T, R, Qg, LD, gkb_g, p.Hkv * D, pf);
         }
       }
       // this split owns keys [c0, c0 + cn) of every head: one contiguous copy each

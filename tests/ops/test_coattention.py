@@ -240,6 +240,19 @@ def _loss(res, seed=3):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", ["uneven-empty-one", "gqa", "mha"])
 def test_backward_matches_twin(shape, dtype, device):
+    _backward_matches_twin(shape, dtype, device)
+
+
+@pytest.mark.parametrize("cpu_path", CPU_PATHS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", ["uneven-empty-one", "gqa", "odd-dims", "tc-wide"])
+def test_cpu_backward_paths_match_twin(shape, dtype, cpu_path, monkeypatch):
+    """The backward's key-major BLAS products and its tiles, each on every shape."""
+    monkeypatch.setenv("PATHGEN_CPU_PATH", cpu_path)
+    _backward_matches_twin(shape, dtype, "cpu")
+
+
+def _backward_matches_twin(shape, dtype, device):
     q, k, v, cu = make(*SHAPES[shape], dtype, device, requires_grad=True)
     q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
     grads = {}
@@ -253,7 +266,9 @@ def test_backward_matches_twin(shape, dtype, device):
         assert e_fused <= 3 * e_twin + floor(dtype, grads["ref64"][i]), f"grad {name}: {e_fused:.3g} > 3 x {e_twin:.3g}"
 
 
-def test_backward_k_is_v_and_partial_requires_grad():
+@pytest.mark.parametrize("cpu_path", CPU_PATHS)
+def test_backward_k_is_v_and_partial_requires_grad(cpu_path, monkeypatch):
+    monkeypatch.setenv("PATHGEN_CPU_PATH", cpu_path)
     q, x, _, cu = make(2, 6, 8, 1, 48, 48, [90, 31], torch.float64, requires_grad=True)
     out, lse = po.coattention(q, x, x, cu)
     gq, gx = torch.autograd.grad(_loss((out, lse)), (q, x))
@@ -267,7 +282,9 @@ def test_backward_k_is_v_and_partial_requires_grad():
     assert q.grad is not None and k.grad is None
 
 
-def test_gradcheck_float64():
+@pytest.mark.parametrize("cpu_path", CPU_PATHS)
+def test_gradcheck_float64(cpu_path, monkeypatch):
+    monkeypatch.setenv("PATHGEN_CPU_PATH", cpu_path)
     q, k, v, cu = make(3, 2, 4, 2, 5, 3, [4, 0, 6], torch.float64, requires_grad=True)
 
     def f(q, k, v):
