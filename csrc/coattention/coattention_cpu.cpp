@@ -513,6 +513,16 @@ void gather_rows(const Problem& p, const at::Tensor& x, int64_t b, int64_t width
 
 // ---- forward ------------------------------------------------------------------------------
 
+// (1) one row's state (m, l) takes a block whose largest score is block_max; its output
+// accumulator o[0, width) is rescaled by alpha when the running max moved.
+template <typename acc_t>
+inline void fold_block_max(acc_t& m, acc_t& l, acc_t block_max, acc_t* o, int64_t width) {
+  const acc_t alpha = online_rescale(m, l, block_max);
+  if (alpha == acc_t(1)) return;
+#pragma omp simd
+  for (int64_t d = 0; d < width; ++d) o[d] *= alpha;
+}
+
 template <typename acc_t>
 struct FwdBuffers {
   Scratch<acc_t> q, s, o, kb, vb, m, l, bmax;
@@ -606,14 +616,7 @@ void forward_impl(const Problem& p, const at::Tensor& q, const at::Tensor& k, co
           if (probs_p != nullptr)  // raw scores now, normalised with the final lse afterwards
             for (int64_t c = 0; c < cn; ++c) std::memcpy(probs_p + (c0 + c) * HM + g * R, S + c * R, R * sizeof(acc_t));
           col_max(S, cn, R, bf.bmax.data());  // (1) online softmax, all rows at once
-          for (int64_t r = 0; r < R; ++r) {
-            const acc_t alpha = online_rescale(mg[r], lg[r], bf.bmax[r]);
-            if (alpha != acc_t(1)) {
-              acc_t* o = Og + r * LV;
-#pragma omp simd
-              for (int64_t d = 0; d < Dv; ++d) o[d] *= alpha;
-            }
-          }
+          for (int64_t r = 0; r < R; ++r) fold_block_max(mg[r], lg[r], bf.bmax[r], Og + r * LV, Dv);
           exp_sub_cols(S, cn, R, mg, lg);
           blas_tn_acc(R, Dv, cn, S, R, Vg, vld, Og, LV);  // O += P V
           continue;
@@ -629,13 +632,8 @@ void forward_impl(const Problem& p, const at::Tensor& q, const at::Tensor& k, co
         }
         for (int64_t r = 0; r < R; ++r) {  // (1) online softmax, row by row
           acc_t* row = S + r * C;
-          const acc_t alpha = online_rescale(mg[r], lg[r], row_max(row, cn));
+          fold_block_max(mg[r], lg[r], row_max(row, cn), Og + r * LV, Dv);
           lg[r] += exp_sub_row<acc_t, false>(row, mg + r, cn);
-          if (alpha != acc_t(1)) {
-            acc_t* o = Og + r * LV;
-#pragma omp simd
-            for (int64_t d = 0; d < Dv; ++d) o[d] *= alpha;
-          }
         }
         gemm_nn_acc<acc_t>(R, Dv, cn, S, C, Vg, vld, Og, LV, pf);  // O += P V
       }
