@@ -11,7 +11,8 @@
 //   3. normalise_kernel: probs = exp(raw - lse), elementwise.
 //   For float16 / bfloat16 / float32 with whole 16-byte chunks of D and Dv % 16 == 0, step 1 is
 //   tc_split_kernel instead: the same split-KV plan on the tensor cores (mma.sync, fp32
-//   accumulation; 3xTF32 for float32), below.
+//   accumulation; 3xTF32 for float32; operands staged through cp.async rings in shared memory
+//   where they fit), coattention_tc.cuh.
 // Backward, three launches (simple rather than fast; the CPU kernel is the tuned one):
 //   1. delta_kernel: delta = <dO, o> + sum_j p_j gP_j - g_lse per row.
 //   2. key_kernel: one warp per (key, KV head): p and dS for every row sharing the KV head
@@ -28,6 +29,7 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <limits>
 #include <cstdlib>
 #include <string>
 #include <type_traits>
@@ -76,7 +78,7 @@ split_kernel(const scalar_t* __restrict__ q,    // [B, M, H, D] contiguous
              acc_t* __restrict__ part_lse,      // [B, Hkv, R, n_splits]
              acc_t* __restrict__ probs,         // [N, H, M] raw scores (kProbs)
              Dims d) {
-  const int64_t split = blockIdx.x;
+  const int64_t split = cta_split();
   const int64_t b = blockIdx.z;
   const CtaTile tile = cta_tile(d);
   const int64_t g = tile.g, row_tile = tile.row_tile, col_tile = tile.col_tile;
@@ -188,34 +190,80 @@ split_kernel(const scalar_t* __restrict__ q,    // [B, M, H, D] contiguous
   }
 }
 
-// (2) merge the splits of one (slide, query, head) row
+// (2) merge the splits of one (slide, query, head) row: thread 0 lists the splits that saw keys
+// (lse > -inf; the others may have left part_o unwritten) with their weights, then the threads
+// sum those rows of part_o over the columns, four at a time where Dv allows.
+constexpr int kMaxSplits = 256;  // the forward's plans stay under this
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
 combine_kernel(const acc_t* __restrict__ part_o, const acc_t* __restrict__ part_lse, scalar_t* __restrict__ out,
                acc_t* __restrict__ lse, Dims d) {
+  __shared__ acc_t s_w[kMaxSplits];
+  __shared__ int s_live[kMaxSplits];
+  __shared__ int s_n;
   const int64_t x = blockIdx.x;  // (b, m, h) in lse's layout
   const int64_t b = x / (d.M * d.H), m = (x / d.H) % d.M, h = x % d.H;
   const int64_t g = h / d.G, r = m * d.G + h % d.G;
   const int64_t row = ((b * d.Hkv + g) * d.R + r) * d.n_splits;
-  const acc_t total = merge_lse(part_lse + row, d.n_splits, 1);
+  if (threadIdx.x == 0) {
+    const acc_t total = merge_lse(part_lse + row, d.n_splits, 1);
+    int n = 0;
+    for (int s = 0; s < d.n_splits; ++s) {
+      const acc_t ls = part_lse[row + s];
+      if (ls != -std::numeric_limits<acc_t>::infinity()) s_live[n] = s, s_w[n] = merge_weight(ls, total), ++n;
+    }
+    s_n = n;
+    lse[x] = total;
+  }
+  __syncthreads();
+  const int n = s_n;
+  scalar_t* o_row = out + x * d.Dv;
+  const acc_t* p_row = part_o + row * d.Dv;
+  if constexpr (std::is_same_v<acc_t, float>) {
+    if (d.Dv % 4 == 0) {
+      for (int64_t c = 4 * static_cast<int64_t>(threadIdx.x); c < d.Dv; c += 4 * static_cast<int64_t>(blockDim.x)) {
+        float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 4
+        for (int i = 0; i < n; ++i) {
+          const float4 v = *reinterpret_cast<const float4*>(p_row + s_live[i] * d.Dv + c);
+          const float w = s_w[i];
+          o.x += w * v.x, o.y += w * v.y, o.z += w * v.z, o.w += w * v.w;
+        }
+        o_row[c] = static_cast<scalar_t>(o.x), o_row[c + 1] = static_cast<scalar_t>(o.y);
+        o_row[c + 2] = static_cast<scalar_t>(o.z), o_row[c + 3] = static_cast<scalar_t>(o.w);
+      }
+      return;
+    }
+  }
   for (int64_t c = threadIdx.x; c < d.Dv; c += blockDim.x) {
     acc_t o = 0;
-    for (int64_t s = 0; s < d.n_splits; ++s) o += merge_weight(part_lse[row + s], total) * part_o[(row + s) * d.Dv + c];
-    out[x * d.Dv + c] = static_cast<scalar_t>(o);
+    for (int i = 0; i < n; ++i) o += s_w[i] * p_row[s_live[i] * d.Dv + c];
+    o_row[c] = static_cast<scalar_t>(o);
   }
-  if (threadIdx.x == 0) lse[x] = total;
 }
 
-// probs [N, H, M]: raw score -> exp(score - lse)
+// (3) probs [N, H, M]: raw score -> exp(score - lse). Grid (chunks, slides): slide b's probs are
+// one contiguous range, so no search for the slide; its H M lse values sit in shared memory
+// (read from lse directly past kMaxLse), the (h, m) index advances by a fixed step.
+constexpr int kMaxLse = 4096;
 template <typename acc_t>
 __global__ void normalise_kernel(acc_t* __restrict__ probs, const acc_t* __restrict__ lse,
                                  const int32_t* __restrict__ cu, Dims d) {
-  const int64_t HM = d.H * d.M, total = d.N * HM;
-  for (int64_t x = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; x < total;
-       x += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t j = x / HM, h = (x % HM) / d.M, m = x % d.M;
-    const int64_t b = slide_of(cu, d.B, j);
-    probs[x] = prob_of(probs[x], lse[(b * d.M + m) * d.H + h]);
+  __shared__ acc_t s_lse[kMaxLse];
+  const int64_t b = blockIdx.y, HM = d.H * d.M;
+  const bool in_smem = HM <= kMaxLse;
+  if (in_smem)
+    for (int64_t i = threadIdx.x; i < HM; i += blockDim.x) s_lse[i] = lse[(b * d.M + i % d.M) * d.H + i / d.M];
+  __syncthreads();
+  const int64_t begin = static_cast<int64_t>(cu[b]) * HM, end = static_cast<int64_t>(cu[b + 1]) * HM;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x, step = stride % HM;
+  int64_t x = begin + static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  int64_t hm = (x - begin) % HM;
+  for (; x < end; x += stride) {
+    const acc_t l = in_smem ? s_lse[hm] : lse[(b * d.M + hm % d.M) * d.H + hm / d.M];
+    probs[x] = prob_of(probs[x], l);
+    hm += step;
+    if (hm >= HM) hm -= HM;
   }
 }
 
@@ -314,9 +362,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> coattention_cuda(const at::Tensor
   const int nct = tc::pick_nct(p, q, k, v);
   const int kCols = p.Dv > 2 * kThreads ? 4 : (p.Dv > kThreads ? 2 : 1);
   int rm = 0;
+  // staged operands (cp.async rings in shared memory; coattention_tc.cuh) where the plan allows
+  // them, else the kernel falls back to direct loads. PATHGEN_COATTN_TC_STAGED=0/1 overrides.
+  const bool staged = tc::env_int("PATHGEN_COATTN_TC_STAGED", tc::kDefaultStaged) != 0;
+  d.prefetch = std::clamp(tc::env_int("PATHGEN_COATTN_TC_PREFETCH", tc::kDefaultPrefetch), 0, 4);
   if (nct > 0) {  // tensor cores: up to 48 rows per CTA, 8 warps x 8 nct columns
     const int cap = q.scalar_type() == at::kFloat ? 2 : tc::kMaxRM;
-    const int max_rm = std::clamp(tc::env_int("PATHGEN_COATTN_TC_MAXRM", tc::kDefaultRM), 1, cap);
+    const int max_rm = std::clamp(tc::env_int("PATHGEN_COATTN_TC_MAXRM", staged ? tc::kDefaultStagedRM : tc::kDefaultRM), 1, cap);
     rm = static_cast<int>(std::min<int64_t>(max_rm, (p.R + 15) / 16));
     d.row_tiles = (p.R + 16 * rm - 1) / (16 * rm);
     d.col_tiles = (p.Dv + tc::kWarps * 8 * nct - 1) / (tc::kWarps * 8 * nct);
@@ -325,7 +377,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> coattention_cuda(const at::Tensor
     d.col_tiles = (p.Dv + kThreads * kCols - 1) / (kThreads * kCols);
   }
   const int64_t ctas = p.Hkv * d.row_tiles * d.col_tiles;
-  TORCH_CHECK(ctas <= 65535 && p.B <= 65535, "coattention: too many heads, rows or slides for one launch");
+  TORCH_CHECK(p.B <= 65535, "coattention: more than 65535 slides in one launch");
   if (nct > 0) {
     // splits sized by the total work, not the longest bag: about 4 CTAs per SM (1-2 fit at once),
     // whole 128-key tiles, so short bags do not leave the machine idle while long ones finish
@@ -342,10 +394,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> coattention_cuda(const at::Tensor
     d.split_len = (longest + d.n_splits - 1) / d.n_splits;
   }
 
+  TORCH_CHECK(d.n_splits <= kMaxSplits, "coattention: too many key splits");
   const auto acc_opts = q.options().dtype(st);
   at::Tensor part_o = at::empty({p.B * p.Hkv * p.R * d.n_splits, p.Dv}, acc_opts);
   at::Tensor part_lse = at::empty({p.B * p.Hkv * p.R * d.n_splits}, acc_opts);
-  const dim3 grid(static_cast<unsigned>(d.n_splits), static_cast<unsigned>(ctas), static_cast<unsigned>(p.B));
+  const dim3 grid(static_cast<unsigned>(ctas), static_cast<unsigned>(d.n_splits), static_cast<unsigned>(p.B));
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "coattention_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -357,7 +410,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> coattention_cuda(const at::Tensor
     acc_t* pl = part_lse.mutable_data_ptr<acc_t>();
     acc_t* pr = return_probs ? probs.mutable_data_ptr<acc_t>() : nullptr;
     if (nct > 0) {
-      tc::run<scalar_t>(rm, nct, return_probs, grid, stream, qp, kp, vp, cp, po, pl, pr, d);
+      tc::run<scalar_t>(rm, nct, return_probs, staged, grid, stream, qp, kp, vp, cp, po, pl, pr, d);
     } else {
       if (kCols == 4) launch_split<scalar_t, 4>(return_probs, grid, stream, qp, kp, vp, cp, po, pl, pr, d);
       else if (kCols == 2) launch_split<scalar_t, 2>(return_probs, grid, stream, qp, kp, vp, cp, po, pl, pr, d);
@@ -368,8 +421,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> coattention_cuda(const at::Tensor
         po, pl, out.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<acc_t>(), d);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (return_probs && p.N > 0) {
-      const int64_t total = p.N * p.H * p.M;
-      const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, 65535));
+      // (blocks per slide, slides): about 4 elements per thread over the longest bag's range
+      const int64_t per_slide = (longest * p.H * p.M + 1023) / 1024;
+      const dim3 blocks(static_cast<unsigned>(std::clamp<int64_t>(per_slide, 1, 65535)), static_cast<unsigned>(p.B));
       normalise_kernel<acc_t><<<blocks, 256, 0, stream>>>(pr, lse.const_data_ptr<acc_t>(), cp, d);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }

@@ -18,6 +18,7 @@ struct Dims {
   int64_t B, M, H, Hkv, G, R, D, Dv, N;
   int64_t k_s0, k_s1, v_s0, v_s1;  // strides of k and v (last dim contiguous)
   int64_t n_splits, split_len, row_tiles, col_tiles;
+  int64_t prefetch;  // tensor-core kernel: key tiles prefetched into L2 ahead of the one in work
   double scale;
 };
 
@@ -33,14 +34,17 @@ __device__ __forceinline__ KeyRange split_keys(const int32_t* cu, int64_t b, int
           start + (split == d.n_splits - 1 ? n : imin(n, (split + 1) * d.split_len))};
 }
 
-// The forward's blockIdx.y: (KV head, row tile, column tile), column tile fastest.
+// The forward's grid is (KV head x row tile x column tile, key split, slide). blockIdx.x runs
+// fastest, so the CTAs that read the same keys (other row and column tiles of one split) are
+// launched side by side and the later ones find those keys in L2.
 struct CtaTile {
   int64_t g, row_tile, col_tile;
 };
 __device__ __forceinline__ CtaTile cta_tile(const Dims& d) {
-  return {blockIdx.y / (d.col_tiles * d.row_tiles), (blockIdx.y / d.col_tiles) % d.row_tiles,
-          blockIdx.y % d.col_tiles};
+  return {blockIdx.x / (d.col_tiles * d.row_tiles), (blockIdx.x / d.col_tiles) % d.row_tiles,
+          blockIdx.x % d.col_tiles};
 }
+__device__ __forceinline__ int64_t cta_split() { return blockIdx.y; }
 
 namespace tc {
 
@@ -52,6 +56,11 @@ constexpr int kMaxRM = 3;                          // up to 48 query rows per CT
 // 32 rows per CTA by default: fastest of 16/32/48 for case A bfloat16 on an H100 (1.39-1.69 ms against
 // 1.72-1.83 ms for 48 rows, two runs). PATHGEN_COATTN_TC_MAXRM overrides (1..kMaxRM; float32 stops at 2).
 constexpr int kDefaultRM = 2;
+// The staged kernel (operands through cp.async rings in shared memory) and its rows per CTA.
+constexpr int kDefaultStaged = 1;
+constexpr int kDefaultStagedRM = 3;
+// Key tiles whose rows are prefetched into L2 ahead of the CTA (PATHGEN_COATTN_TC_PREFETCH overrides).
+constexpr int kDefaultPrefetch = 0;
 
 // An integer from the environment, read per call (tests and benchmarks switch launch plans).
 int env_int(const char* name, int fallback);
@@ -62,7 +71,7 @@ int pick_nct(const Problem& p, const at::Tensor& q, const at::Tensor& k, const a
 // Step 1 of the forward on the tensor cores (float16, bfloat16, float32; defined in coattention_tc.cuh,
 // instantiated in coattention_tc_*_cuda.cu): rm m-tiles of 16 rows, nct columns per lane.
 template <typename scalar_t>
-void run(int rm, int nct, bool probs, dim3 grid, cudaStream_t stream, const scalar_t* q, const scalar_t* k,
+void run(int rm, int nct, bool probs, bool staged, dim3 grid, cudaStream_t stream, const scalar_t* q, const scalar_t* k,
          const scalar_t* v, const int32_t* cu, void* part_o, void* part_lse, void* probs_raw, const Dims& d);
 
 }  // namespace tc

@@ -5,7 +5,7 @@ namespace pathgen {
 namespace coattn {
 namespace tc {
 
-template void run<at::BFloat16>(int, int, bool, dim3, cudaStream_t, const at::BFloat16*, const at::BFloat16*, const at::BFloat16*, const int32_t*,
+template void run<at::BFloat16>(int, int, bool, bool, dim3, cudaStream_t, const at::BFloat16*, const at::BFloat16*, const at::BFloat16*, const int32_t*,
                        void*, void*, void*, const Dims&);
 
 }  // namespace tc

@@ -5,7 +5,7 @@ namespace pathgen {
 namespace coattn {
 namespace tc {
 
-template void run<at::Half>(int, int, bool, dim3, cudaStream_t, const at::Half*, const at::Half*, const at::Half*, const int32_t*,
+template void run<at::Half>(int, int, bool, bool, dim3, cudaStream_t, const at::Half*, const at::Half*, const at::Half*, const int32_t*,
                        void*, void*, void*, const Dims&);
 
 }  // namespace tc

@@ -160,14 +160,33 @@ def test_head_dim_2048(dtype, device):
 @pytest.mark.parametrize("knobs", [{"PATHGEN_COATTN_TC": "0"}, {"PATHGEN_COATTN_TC_MAXNCT": "2"},
                                    {"PATHGEN_COATTN_TC_MAXNCT": "4"}, {"PATHGEN_COATTN_TC_MAXRM": "1"},
                                    {"PATHGEN_COATTN_TC_MAXRM": "2"}, {"PATHGEN_COATTN_TC_MAXRM": "3"},
-                                   {"PATHGEN_COATTN_TC_CTAS_PER_SM": "1"}],
-                         ids=["generic", "nct2", "nct4", "rm1", "rm2", "rm3", "ctas1"])
+                                   {"PATHGEN_COATTN_TC_CTAS_PER_SM": "1"}, {"PATHGEN_COATTN_TC_STAGED": "0"},
+                                   {"PATHGEN_COATTN_TC_STAGED": "1"},
+                                   {"PATHGEN_COATTN_TC_STAGED": "1", "PATHGEN_COATTN_TC_MAXRM": "2"}],
+                         ids=["generic", "nct2", "nct4", "rm1", "rm2", "rm3", "ctas1", "direct", "staged", "staged-rm2"])
 def test_cuda_kernel_variants_match_twin(shape, dtype, knobs, monkeypatch):
     """The CUDA kernel's other launch plans (generic CUDA-core kernel, narrower column or row tiles)."""
     for name, value in knobs.items():
         monkeypatch.setenv(name, value)
     q, k, v, cu = make(*SHAPES[shape], dtype, "cuda")
     fused, twin, ref64 = run_all(q, k, v, cu)
+    assert_rule(fused, twin, ref64, dtype)
+
+
+@pytest.mark.skipif("cuda" not in DEVICES, reason="needs a GPU and pathgen's CUDA kernels")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("D", [256, 1024])
+@pytest.mark.parametrize("knobs", [{"PATHGEN_COATTN_TC_STAGED": "1"}, {"PATHGEN_COATTN_TC_STAGED": "0"},
+                                   {"PATHGEN_COATTN_TC_STAGED": "1", "PATHGEN_COATTN_TC_MAXRM": "2"},
+                                   {"PATHGEN_COATTN_TC_STAGED": "1", "PATHGEN_COATTN_TC_MIN_SPLIT": "1000000"}],
+                         ids=["staged", "direct", "staged-rm2", "staged-one-split"])
+def test_cuda_folded_plans(D, dtype, knobs, monkeypatch):
+    """The folded form (k = v = X, one KV head, 48 rows) on the staged and direct tensor-core plans:
+    bags of 1, 0, a ragged 130 and thousands of patches (many splits and 128-key tiles)."""
+    for name, value in knobs.items():
+        monkeypatch.setenv(name, value)
+    q, x, _, cu = make(4, 6, 8, 1, D, 8, [1, 0, 130, 3001], dtype, "cuda", seed=D)
+    fused, twin, ref64 = run_all(q, x, x, cu)
     assert_rule(fused, twin, ref64, dtype)
 
 
@@ -371,6 +390,20 @@ def test_errors(case, match):
         kw["max_seqlen"] = 6
     with pytest.raises(ValueError, match=match):
         po.coattention(**args, **kw)
+
+
+def test_offsets_checked_once_and_again_after_an_inplace_write():
+    """A sampler reuses one cu_seqlens for every step: its values are checked (a host copy) once, and again
+    whenever it is written in place."""
+    from pathgen.ops.coattention import _values_checked
+    q, k, v, cu = make(2, 3, 4, 2, 8, 8, [5, 7], torch.float32)
+    assert not _values_checked(cu, 12, None)
+    po.coattention(q, k, v, cu)
+    assert _values_checked(cu, 12, None) and not _values_checked(cu, 12, 7) and not _values_checked(cu.clone(), 12, None)
+    cu[1] = 13  # [0, 13, 12]: unsorted now
+    assert not _values_checked(cu, 12, None)
+    with pytest.raises(ValueError, match="non-decreasing"):
+        po.coattention(q, k, v, cu)
 
 
 def test_cpp_guard_rejects_bad_offsets():
