@@ -13,6 +13,7 @@ Gradients flow to q, k and v (and through ``lse`` and ``probs`` when they are us
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 
@@ -25,6 +26,23 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _BACKENDS = ("auto", "fused", "reference")
 # device types with a compiled kernel, decided once (a constant for torch.compile to fold)
 _FUSED_DEVICES = frozenset(d for d in ("cpu", "cuda") if has_kernel("coattention", d))
+
+
+# cu_seqlens tensors whose values passed the checks below: id -> (weak ref, version, N, max_seqlen). A sampler
+# calls coattention with one cu_seqlens thousands of times (steps x samples); checking its values copies it to
+# the host, a device sync per call. An in-place write bumps the tensor's version, so it is checked again.
+_CHECKED: dict[int, tuple] = {}
+
+
+def _values_checked(cu_seqlens: torch.Tensor, N: int, max_seqlen) -> bool:
+    entry = _CHECKED.get(id(cu_seqlens))
+    return entry is not None and entry[0]() is cu_seqlens and entry[1:] == (cu_seqlens._version, N, max_seqlen)
+
+
+def _remember_checked(cu_seqlens: torch.Tensor, N: int, max_seqlen) -> None:
+    key = id(cu_seqlens)
+    _CHECKED[key] = (weakref.ref(cu_seqlens, lambda _, key=key: _CHECKED.pop(key, None)), cu_seqlens._version, N,
+                     max_seqlen)
 
 
 def _check(q, k, v, cu_seqlens, max_seqlen, scale) -> None:
@@ -66,7 +84,8 @@ def _check(q, k, v, cu_seqlens, max_seqlen, scale) -> None:
         raise ValueError(f"coattention: scale must be finite, got {scale}")
     if max_seqlen is not None and int(max_seqlen) < 0:
         raise ValueError(f"coattention: max_seqlen must be >= 0, got {max_seqlen}")
-    if torch.compiler.is_compiling():
+    max_seqlen = None if max_seqlen is None else int(max_seqlen)
+    if torch.compiler.is_compiling() or _values_checked(cu_seqlens, N, max_seqlen):
         return
     # value checks (one small device->host copy of B + 1 ints)
     cu = cu_seqlens.to("cpu", torch.int64)
@@ -83,6 +102,7 @@ def _check(q, k, v, cu_seqlens, max_seqlen, scale) -> None:
     if max_seqlen is not None and B and int(max_seqlen) < int(lengths.max()):
         raise ValueError(f"coattention: max_seqlen = {int(max_seqlen)} is smaller than the longest bag "
                          f"({int(lengths.max())}); pass the true maximum or None")
+    _remember_checked(cu_seqlens, N, max_seqlen)
 
 
 def coattention(
