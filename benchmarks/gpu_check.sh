@@ -5,7 +5,7 @@
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]      (OUT_DIR defaults to $OUT, else ./gpu_check_out)
 #
-# PATHGEN_GPU_STAGES picks stages (default: all): build tests plans bench generator cohort.
+# PATHGEN_GPU_STAGES picks stages (default: all): build smoke tests plans bench generator cohort.
 # Each stage runs under `timeout` (PATHGEN_GPU_STAGE_S, default 300 s) so one slow stage cannot eat a lease.
 # Only a handful of files are written to OUT_DIR (a device lease returns at most 8); work dirs go to /tmp.
 #
@@ -20,7 +20,7 @@ export PATHGEN_CUDA=on
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$("$PY" -c 'import torch; p=torch.cuda.get_device_capability(); print(f"{p[0]}.{p[1]}")')}
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-16}
 export PYTHONUNBUFFERED=1
-STAGES=${PATHGEN_GPU_STAGES:-build tests plans bench generator cohort}
+STAGES=${PATHGEN_GPU_STAGES:-build smoke tests plans bench generator cohort}
 STAGE_S=${PATHGEN_GPU_STAGE_S:-300}
 want() { [[ " $STAGES " == *" $1 "* ]]; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT_DIR/gpu.txt" || true
@@ -33,15 +33,42 @@ if want build; then
 fi
 "$PY" -m pathgen info 2>&1 | tee "$OUT_DIR/info.txt" | tail -5
 
+if want smoke; then
+  # seconds, not minutes: the default co-attention plan once on a folded bfloat16 batch, under a short
+  # timeout, so a kernel that hangs or is wrong shows before the long stages (which then skip it)
+  echo "== smoke: default co-attention plan against the twin"
+  if ! timeout 90 "$PY" - <<'PY' 2>&1 | tee "$OUT_DIR/smoke.txt"; then
+import torch
+from pathgen.ops import coattention, cu_seqlens_from_lengths
+from pathgen.ops.reference import coattention_ref
+torch.manual_seed(0)
+for dtype in (torch.bfloat16, torch.float32):
+    cu = cu_seqlens_from_lengths([1, 0, 130, 3001, 517], device="cuda")
+    x = torch.randn(int(cu[-1]), 1, 1024, device="cuda", dtype=dtype)
+    q = torch.randn(5, 6, 8, 1024, device="cuda", dtype=dtype) / 32
+    got = coattention(q, x, x, cu, return_probs=True)
+    torch.cuda.synchronize()
+    want = coattention_ref(q.double(), x.double(), x.double(), cu, return_probs=True)
+    errs = [(g.double() - w).abs().nan_to_num(0.0, 0.0, 0.0).max().item() for g, w in zip(got, want)]
+    print(f"smoke {dtype}: max error out {errs[0]:.2e} lse {errs[1]:.2e} probs {errs[2]:.2e}")
+    assert max(errs) < (3e-2 if dtype == torch.bfloat16 else 1e-4), errs
+PY
+    echo "smoke FAILED: the later stages run with PATHGEN_COATTN_TC_STAGED=0, skip the staged tests and the plans" \
+      | tee -a "$OUT_DIR/smoke.txt"
+    export PATHGEN_COATTN_TC_STAGED=0 PATHGEN_GPU_TEST_K="cuda and not staged"
+    STAGES=${STAGES/plans/}
+  fi
+fi
+
 if want tests; then
   echo "== CUDA kernels vs their twins"
-  timeout "$STAGE_S" "$PY" -m pytest -q -p no:cacheprovider tests/ops tests/nn -k "cuda" 2>&1 \
+  timeout "$STAGE_S" "$PY" -m pytest -q -p no:cacheprovider tests/ops tests/nn -k "${PATHGEN_GPU_TEST_K:-cuda}" 2>&1 \
     | tee "$OUT_DIR/tests.txt" | grep -E "passed|failed|Error|error:|assert" | tail -25 || true
 fi
 
 if want plans; then
   echo "== co-attention launch plans (realistic sizes)"
-  timeout "$STAGE_S" "$PY" benchmarks/gpu_coattention_plans.py --json "$OUT_DIR/plans.json" 2>&1 | tee "$OUT_DIR/plans.txt" || true
+  timeout "$STAGE_S" "$PY" benchmarks/gpu_coattention_plans.py --json "$OUT_DIR/plans.json" ${PATHGEN_GPU_PLANS_ARGS:-} 2>&1 | tee "$OUT_DIR/plans.txt" || true
 fi
 
 if want bench; then

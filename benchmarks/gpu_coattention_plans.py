@@ -6,9 +6,11 @@ For case A (folded: 16 slides, n ~ U[2k, 40k], M = 6, H = 8 over one KV head of 
 case B (unfolded: H = Hkv = 8, D = 128), in float32 and bfloat16, times (median
 of --reps after warm-up, inputs rotated so repeats do not run out of L2):
   tc          the tensor-core kernel (default plan)
-  tc-rm1/2/3  at most 16 / 32 / 48 query rows per CTA (float32 stops at 32)
-  tc-nct4     at most 4 columns per lane (more column tiles, fewer registers)
-  tc-ctas2    splits sized for 2 CTAs per SM instead of 4
+  direct      operands loaded straight from global memory (PATHGEN_COATTN_TC_STAGED=0), rows per CTA
+              at its default (32); direct-rm3: 48
+  staged      operands through per-warp cp.async rings in shared memory (PATHGEN_COATTN_TC_STAGED=1),
+              48 rows per CTA; staged-rm2: 32; staged-ctas2/8: splits sized for 2 / 8 CTAs per SM
+  *-pf1/pf2   key tiles prefetched into L2 ahead of the CTA: one / two (default none)
   generic     the CUDA-core kernel (PATHGEN_COATTN_TC=0)
 Plans are timed round-robin (one launch of each per round), so clock and thermal drift hit all alike.
   sdpa        F.scaled_dot_product_attention on padded tensors with a mask (no weights)
@@ -32,11 +34,15 @@ from pathgen.ops.reference import coattention_ref
 
 PLANS = {
     "tc": {},
-    "tc-rm1": {"PATHGEN_COATTN_TC_MAXRM": "1"},
-    "tc-rm2": {"PATHGEN_COATTN_TC_MAXRM": "2"},
-    "tc-rm3": {"PATHGEN_COATTN_TC_MAXRM": "3"},
-    "tc-nct4": {"PATHGEN_COATTN_TC_MAXNCT": "4"},
-    "tc-ctas2": {"PATHGEN_COATTN_TC_CTAS_PER_SM": "2"},
+    "direct": {"PATHGEN_COATTN_TC_STAGED": "0"},
+    "direct-rm3": {"PATHGEN_COATTN_TC_STAGED": "0", "PATHGEN_COATTN_TC_MAXRM": "3"},
+    "direct-pf1": {"PATHGEN_COATTN_TC_STAGED": "0", "PATHGEN_COATTN_TC_PREFETCH": "1"},
+    "staged": {"PATHGEN_COATTN_TC_STAGED": "1"},
+    "staged-pf1": {"PATHGEN_COATTN_TC_STAGED": "1", "PATHGEN_COATTN_TC_PREFETCH": "1"},
+    "staged-pf2": {"PATHGEN_COATTN_TC_STAGED": "1", "PATHGEN_COATTN_TC_PREFETCH": "2"},
+    "staged-rm2": {"PATHGEN_COATTN_TC_STAGED": "1", "PATHGEN_COATTN_TC_MAXRM": "2"},
+    "staged-ctas2": {"PATHGEN_COATTN_TC_STAGED": "1", "PATHGEN_COATTN_TC_CTAS_PER_SM": "2"},
+    "staged-ctas8": {"PATHGEN_COATTN_TC_STAGED": "1", "PATHGEN_COATTN_TC_CTAS_PER_SM": "8"},
     "generic": {"PATHGEN_COATTN_TC": "0"},
 }
 KNOBS = sorted({k for p in PLANS.values() for k in p})
@@ -61,6 +67,24 @@ def ms(fns: dict, reps: int) -> dict[str, float]:
     return {k: v * 1e3 for k, v in interleaved_medians(fns, "cuda", rounds=reps, warmup=3).items()}
 
 
+def kernel_table(fn, title: str, reps: int = 5) -> None:
+    """Device time per CUDA kernel of fn (default plan), averaged over reps calls."""
+    from torch.profiler import ProfilerActivity, profile
+    with_env({})
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    print(f"-- kernels of the default plan, {title} ({reps} calls)")
+    try:
+        table = prof.key_averages().table(sort_by="device_time_total", row_limit=6, max_name_column_width=60)
+    except (KeyError, AttributeError, ValueError):
+        table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=6, max_name_column_width=60)
+    print(table)
+
+
 def copy_gbs() -> float:
     x = torch.empty(512 * 2**20, dtype=torch.uint8, device="cuda")
     y = torch.empty_like(x)
@@ -71,6 +95,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", default=None)
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--profile", action="store_true", help="also print the default plan's CUDA kernels (torch.profiler)")
     a = ap.parse_args()
     dev = torch.device("cuda")
     bw = copy_gbs()
@@ -79,7 +104,7 @@ def main() -> int:
     lens = torch.randint(2000, 40001, (16,), generator=g).tolist()
     n, n_max, B, M, H, E = sum(lens), max(lens), 16, 6, 8, 1024
     cu = cu_seqlens_from_lengths(lens, device=dev)
-    rows = []
+    rows, profiled = [], []
     for case in ("A", "B"):
         for dtype in (torch.float32, torch.bfloat16):
             torch.manual_seed(0)
@@ -138,6 +163,9 @@ def main() -> int:
                                 max(3, a.reps // 4))["twin"]
             del kp, vp, add
             rows.append(res)
+            if a.profile:  # after the timings: the profiler's hooks would slow every later call
+                profiled.append((lambda q=q, k=k, v=v: coattention(q, k, v, cu, n_max, scale=scale, return_probs=True),
+                                 f"{case} {dtype}"))
             best = min(PLANS, key=lambda p: res[f"{p}_ms"])
             print(f"{case} {res['dtype']:8s} floor {floor_ms:.3f} ms | " +
                   " | ".join(f"{p} {res[f'{p}_ms']:.3f}{'' if res[f'{p}_ok'] else '!'}" for p in PLANS) +
@@ -145,6 +173,8 @@ def main() -> int:
                   f"{100 * floor_ms / res[f'{best}_ms']:.0f}% of floor, {res['sdpa_ms'] / res[f'{best}_ms']:.1f}x sdpa, "
                   f"{res['twin_ms'] / res[f'{best}_ms']:.1f}x twin; tc without probs {res['tc_noprobs_ms']:.3f}", flush=True)
             torch.cuda.empty_cache()
+    for fn, title in profiled:
+        kernel_table(fn, title)
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(), "copy_GBps": bw, "lens": lens, "rows": rows}, f, indent=1)
