@@ -192,6 +192,25 @@ def test_cuda_folded_plans(D, dtype, knobs, monkeypatch):
 
 @pytest.mark.skipif("cuda" not in DEVICES, reason="needs a GPU and pathgen's CUDA kernels")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("prefetch", ["0", "1"])
+def test_cuda_staged_strided_rows_and_partial_column_tile(dtype, prefetch, monkeypatch):
+    """Staged operands with K and V sliced out of one packed tensor (row strides != D, V not K), two
+    KV heads, and Dv = 576 (the second column tile has one warp with columns, seven without)."""
+    monkeypatch.setenv("PATHGEN_COATTN_TC_STAGED", "1")
+    monkeypatch.setenv("PATHGEN_COATTN_TC_PREFETCH", prefetch)
+    B, M, H, Hkv, D, Dv, lens = 3, 6, 8, 2, 128, 576, [700, 0, 1290]
+    g = torch.Generator().manual_seed(7)
+    n = sum(lens)
+    cu = po.cu_seqlens_from_lengths(lens).to("cuda")
+    q = torch.randn(B, M, H, D, generator=g).to("cuda", dtype)
+    kv = torch.randn(n, Hkv, D + Dv + 64, generator=g).to("cuda", dtype)
+    k, v = kv[..., :D], kv[..., D + 64:]  # 16-byte aligned slices, row stride D + Dv + 64
+    fused, twin, ref64 = run_all(q, k, v, cu)
+    assert_rule(fused, twin, ref64, dtype)
+
+
+@pytest.mark.skipif("cuda" not in DEVICES, reason="needs a GPU and pathgen's CUDA kernels")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("D", [512, 2048])
 def test_cuda_one_long_split(D, dtype, monkeypatch):
     """One split over a 20k-patch bag (157 key tiles accumulated in one CTA) and a long head dim:
