@@ -9,7 +9,8 @@
 //                  rows read in place, 512-key blocks, column-wise online softmax;
 //   narrow groups: the block packed once (bf16/fp16 converted to fp32 on the way, rows padded
 //                  against 4 KiB set aliasing) while the next is software-prefetched, then
-//                  S = Qs K_blk^T (register-tiled 6x2 dot products), row-wise online softmax,
+//                  S = Qs K_blk^T (register-tiled dot products: 3 rows x 4 keys reduced by
+//                  vhaddps for float on AVX, else 6 x 2), row-wise online softmax,
 //                  O += P V_blk (register-tiled 6x16 broadcast-FMAs), blocks sized for L2,
 // so each key row is read from memory once (coattention_math.h: online softmax and merge).
 // Splits are merged by their log-sum-exp. Accumulation is fp32 (fp64 for float64 inputs).
@@ -28,6 +29,9 @@
 #include <string>
 #include <type_traits>
 #include <vector>
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
 
 #include "coattention/coattention.h"
 
@@ -251,10 +255,71 @@ inline void nt_rows(int rt, int64_t D, const T* A, int64_t lda, const T* B, int6
   }
 }
 
+#if defined(__AVX__) && defined(__FMA__)
+#define PATHGEN_NT_QUADS 1
+// float on AVX: S[r, c .. c + 3] for RT rows x 4 keys. A row's four dot products leave the loop
+// as four vectors and are reduced together (three vhaddps and one add, one 16-byte store) rather
+// than one horizontal sum each: 33 against 14 GFMA/s for the 6 x 2 tiles on R = 6, D = 128, 16
+// keys in L1, one AVX2 core (a standalone microbenchmark).
+inline __m128 hsum4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
+  const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+  return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+template <int RT>
+inline void nt_quad(int64_t D, const float* A, int64_t lda, const float* B, int64_t ldb, float* S, int64_t lds) {
+  __m256 acc[RT][4];
+  for (int r = 0; r < RT; ++r)
+    for (int c = 0; c < 4; ++c) acc[r][c] = _mm256_setzero_ps();
+  int64_t d = 0;
+  for (; d + 8 <= D; d += 8) {
+    __m256 b[4];
+    for (int c = 0; c < 4; ++c) b[c] = _mm256_loadu_ps(B + c * ldb + d);
+    for (int r = 0; r < RT; ++r) {
+      const __m256 a = _mm256_loadu_ps(A + r * lda + d);
+      for (int c = 0; c < 4; ++c) acc[r][c] = _mm256_fmadd_ps(a, b[c], acc[r][c]);
+    }
+  }
+  for (int r = 0; r < RT; ++r) {
+    __m128 sum = hsum4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
+    if (d < D) {  // head dims that are not a multiple of 8
+      alignas(16) float tail[4] = {0.f, 0.f, 0.f, 0.f};
+      for (int c = 0; c < 4; ++c)
+        for (int64_t e = d; e < D; ++e) tail[c] += A[r * lda + e] * B[c * ldb + e];
+      sum = _mm_add_ps(sum, _mm_load_ps(tail));
+    }
+    _mm_storeu_ps(S + r * lds, sum);
+  }
+}
+
+inline void nt_quads(int64_t R, int64_t D, const float* A, int64_t lda, const float* B, int64_t ldb, float* S,
+                     int64_t lds) {
+  int64_t r0 = 0;
+  for (; r0 + 3 <= R; r0 += 3) nt_quad<3>(D, A + r0 * lda, lda, B, ldb, S + r0 * lds, lds);
+  if (R - r0 == 2) nt_quad<2>(D, A + r0 * lda, lda, B, ldb, S + r0 * lds, lds);
+  else if (R - r0 == 1) nt_quad<1>(D, A + r0 * lda, lda, B, ldb, S + r0 * lds, lds);
+}
+#endif
+
 // S[r, c] = sum_d A[r, d] B[c, d]   (R x C, both operands row-major in d)
 template <typename T>
 void gemm_nt(int64_t R, int64_t C, int64_t D, const T* A, int64_t lda, const T* B, int64_t ldb, T* S,
              int64_t lds, Prefetch& pf) {
+#ifdef PATHGEN_NT_QUADS
+  if constexpr (std::is_same_v<T, float>) {  // 4 keys x all rows per tick, then the 6 x 2 tiles' tail
+    int64_t c0 = 0;
+    for (; c0 + 4 <= C; c0 += 4) {
+      nt_quads(R, D, A, lda, B + c0 * ldb, ldb, S + c0, lds);
+      pf.tick();
+    }
+    for (int64_t r0 = 0; r0 < R && c0 < C; r0 += kRowTile) {
+      const int rt = static_cast<int>(std::min<int64_t>(kRowTile, R - r0));
+      for (int64_t c = c0; c < C; ++c)
+        nt_rows<T, 1>(rt, D, A + r0 * lda, lda, B + c * ldb, ldb, S + r0 * lds + c, lds);
+    }
+    return;
+  }
+#endif
   for (int64_t r0 = 0; r0 < R; r0 += kRowTile) {
     const int rt = static_cast<int>(std::min<int64_t>(kRowTile, R - r0));
     int64_t c0 = 0;
@@ -266,7 +331,13 @@ void gemm_nt(int64_t R, int64_t C, int64_t D, const T* A, int64_t lda, const T* 
   }
 }
 
-inline int64_t nt_ticks(int64_t R, int64_t C) { return (R + kRowTile - 1) / kRowTile * (C / 2); }
+template <typename T>
+inline int64_t nt_ticks(int64_t R, int64_t C) {
+#ifdef PATHGEN_NT_QUADS
+  if constexpr (std::is_same_v<T, float>) return C / 4;
+#endif
+  return (R + kRowTile - 1) / kRowTile * (C / 2);
+}
 
 // C[r, n] += sum_k A[r, k] B[k, n] for an RT x (NV vectors) tile.
 template <typename T, int RT, int NV>
@@ -338,7 +409,7 @@ inline int64_t nn_ticks(int64_t Ncol) {
 //          (MKL or OpenBLAS, single-threaded inside our workers), float32 key rows read in place.
 //          Key-major scores make a key's R scores adjacent, as `probs` stores them (one memcpy
 //          per key), and the softmax runs down columns with the rows in vector lanes.
-//   tiles  narrow groups: S = Q K_blk^T as 6 x 2 dot-product tiles of packed rows, O += P V_blk
+//   tiles  narrow groups: S = Q K_blk^T as 3 x 4 (float, AVX) or 6 x 2 dot-product tiles of packed rows, O += P V_blk
 //          as 6 x 16 broadcast-FMA tiles (a GEMM call costs microseconds).
 // Case A (16 slides, 207,839 patches, D = 1024, R = 48, fp32, 2 threads, best of 4): blas 474-504 ms,
 // row-major BLAS products (S = Q K^T, the previous layout) 523-572 ms, own 6 x 16 kernels in the
@@ -605,7 +676,7 @@ void forward_impl(const Problem& p, const at::Tensor& q, const at::Tensor& k, co
       // the tiles stream the next block in during this one's arithmetic
       Prefetch pf = use_blas ? Prefetch{}
                              : next_block(kr, vr, p.k_is_v, c0 + cn, c_next,
-                                          p.Hkv * (nt_ticks(R, cn) + nn_ticks<acc_t>(Dv)));
+                                          p.Hkv * (nt_ticks<acc_t>(R, cn) + nn_ticks<acc_t>(Dv)));
       for (int64_t g = 0; g < p.Hkv; ++g) {
         acc_t* Og = bf.o.data() + g * R * LV;
         acc_t* mg = bf.m.data() + g * R;
@@ -810,7 +881,7 @@ void backward_impl(const Problem& p, const at::Tensor& grad_out, const at::Tenso
         vbase = bf.vb.data();
       }
       Prefetch pf = next_block(kr, vr, p.k_is_v, c0 + cn, std::min(C, it.j1 - c0 - cn),
-                               p.Hkv * (2 * nt_ticks(R, cn) + 2 * nn_ticks<acc_t>(D) + nn_ticks<acc_t>(Dv)));
+                               p.Hkv * (2 * nt_ticks<acc_t>(R, cn) + 2 * nn_ticks<acc_t>(D) + nn_ticks<acc_t>(Dv)));
       if (gk_p != nullptr) std::fill(bf.gkb.begin(), bf.gkb.begin() + cn * p.Hkv * D, acc_t(0));
       if (gv_p != nullptr) std::fill(bf.gvb.begin(), bf.gvb.begin() + cn * p.Hkv * Dv, acc_t(0));
       for (int64_t g = 0; g < p.Hkv; ++g) {
