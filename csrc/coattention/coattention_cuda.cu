@@ -354,7 +354,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> coattention_cuda(const at::Tensor
   at::Tensor out = at::empty({p.B, p.M, p.H, p.Dv}, q.options());
   at::Tensor lse = at::empty({p.B, p.M, p.H}, q.options().dtype(st));
   at::Tensor probs = at::empty({return_probs ? p.N : 0, p.H, p.M}, q.options().dtype(st));
-  if (p.B == 0) return {out, lse, probs};
+  if (p.B == 0 || p.R == 0) return {out, lse, probs};  // no slides, or no query rows (M or H = 0): empty outputs
 
   Dims d = make_dims(p, k, v);
   const int64_t longest = std::max<int64_t>(longest_bag(cu, max_seqlen), 1);
@@ -364,12 +364,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> coattention_cuda(const at::Tensor
   int rm = 0;
   // staged operands (cp.async rings in shared memory; coattention_tc.cuh) where the plan allows
   // them, else the kernel falls back to direct loads. PATHGEN_COATTN_TC_STAGED=0/1 overrides.
-  const bool staged = tc::env_int("PATHGEN_COATTN_TC_STAGED", tc::kDefaultStaged) != 0;
+  bool staged = tc::env_int("PATHGEN_COATTN_TC_STAGED", tc::kDefaultStaged) != 0;
   d.prefetch = std::clamp(tc::env_int("PATHGEN_COATTN_TC_PREFETCH", tc::kDefaultPrefetch), 0, 4);
   if (nct > 0) {  // tensor cores: up to 48 rows per CTA, 8 warps x 8 nct columns
     const int cap = q.scalar_type() == at::kFloat ? 2 : tc::kMaxRM;
-    const int max_rm = std::clamp(tc::env_int("PATHGEN_COATTN_TC_MAXRM", staged ? tc::kDefaultStagedRM : tc::kDefaultRM), 1, cap);
-    rm = static_cast<int>(std::min<int64_t>(max_rm, (p.R + 15) / 16));
+    const int64_t es = q.element_size(), d_bytes = p.D * es;
+    auto rows_for = [&](bool st) {
+      const int max_rm = std::clamp(tc::env_int("PATHGEN_COATTN_TC_MAXRM", st ? tc::kDefaultStagedRM : tc::kDefaultRM), 1, cap);
+      return static_cast<int>(std::min<int64_t>(max_rm, (p.R + 15) / 16));
+    };
+    // staged where the kernel takes it (128 bytes of output columns per warp, the head dim in whole
+    // 128-byte chunks), with as many rows per CTA as the device's shared memory holds (D = 2048 in
+    // 16-bit: 32 rows on an H100); else the direct kernel at its own default rows
+    staged = staged && nct * 8 * es == 128 && d_bytes % 128 == 0;
+    rm = rows_for(staged);
+    if (staged) {
+      int optin = 0;
+      C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, q.device().index()));
+      while (rm > 0 && tc::staged_total_bytes(16 * rm, d_bytes, es) > optin) --rm;
+      if (rm == 0) staged = false, rm = rows_for(false);
+    }
     d.row_tiles = (p.R + 16 * rm - 1) / (16 * rm);
     d.col_tiles = (p.Dv + tc::kWarps * 8 * nct - 1) / (tc::kWarps * 8 * nct);
   } else {
@@ -563,7 +577,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> coattention_backward_cuda(
   at::Tensor gq = mask[0] ? at::zeros({p.B, p.M, p.H, p.D}, acc_opts) : at::empty({0}, q.options());
   at::Tensor gk = mask[1] ? at::empty({p.N, p.Hkv, p.D}, acc_opts) : at::empty({0}, q.options());
   at::Tensor gv = mask[2] ? at::zeros({p.N, p.Hkv, p.Dv}, acc_opts) : at::empty({0}, q.options());
-  if (p.B == 0 || !(mask[0] || mask[1] || mask[2])) return {gq, gk, gv};
+  if (p.R == 0 && mask[1]) gk.zero_();  // no query rows (M or H = 0): no gradient reaches the keys
+  if (p.B == 0 || p.R == 0 || !(mask[0] || mask[1] || mask[2])) return {gq, gk, gv};
 
   const at::Tensor go = grad_out.has_value() ? grad_out->contiguous() : at::Tensor();
   const at::Tensor gl = grad_lse.has_value() ? grad_lse->contiguous() : at::Tensor();

@@ -62,6 +62,23 @@ constexpr int kDefaultStagedRM = 3;
 // Key tiles whose rows are prefetched into L2 ahead of the CTA (PATHGEN_COATTN_TC_PREFETCH overrides).
 constexpr int kDefaultPrefetch = 0;
 
+// Staged operands (coattention_tc.cuh): per-warp rings of kStages slots of 16 rows x 128 bytes,
+// query rows padded by kQPad bytes. Shared memory of a CTA of `rows` query rows: dynamic (query
+// rows, rings) and in all (plus the kernel's static arrays: row maxima and sums per warp, P).
+constexpr int kStages = 4;
+constexpr int kSlotBytes = kKeysPerWarp * 128;
+constexpr int kQPad = 64;
+__host__ __device__ constexpr int64_t staged_q_pitch(int64_t d_bytes) { return d_bytes + kQPad; }
+__host__ __device__ constexpr int64_t staged_smem_bytes(int rows, int64_t d_bytes) {
+  return rows * staged_q_pitch(d_bytes) + static_cast<int64_t>(kWarps) * kStages * kSlotBytes;
+}
+__host__ __device__ constexpr int p_words(int64_t elem) {  // a row of P: 16-bit pairs or fp32, +4 words
+  return elem == 4 ? kTileKeys + 4 : kTileKeys / 2 + 4;
+}
+__host__ __device__ constexpr int64_t staged_total_bytes(int rows, int64_t d_bytes, int64_t elem) {
+  return staged_smem_bytes(rows, d_bytes) + 2 * kWarps * rows * 4 + rows * p_words(elem) * 4;
+}
+
 // An integer from the environment, read per call (tests and benchmarks switch launch plans).
 int env_int(const char* name, int fallback);
 

@@ -70,9 +70,7 @@ __device__ __forceinline__ void load_words(uint32_t (&w)[NW], const void* src, b
 // The query rows of the CTA are copied to shared memory once. 16-byte groups are placed so that
 // the fragment loads of a warp hit distinct banks (K: group ^ 4 (key & 1); V: Frag::vswz; Q rows
 // padded by 64 bytes).
-constexpr int kStages = 4;
-constexpr int kSlotBytes = kKeysPerWarp * 128;  // 16 rows of 128 bytes
-constexpr int kQPad = 64;                       // bytes after each query row in shared memory
+// (kStages, kSlotBytes, kQPad and the shared-memory sizes: coattention_cuda.cuh, which the host reads too)
 
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool ok) {  // zeros when !ok
   const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
@@ -291,12 +289,6 @@ struct WarpStream {
   }
 };
 
-// Dynamic shared memory of the staged kernel: the query rows, then one ring per warp.
-__host__ __device__ constexpr int64_t staged_q_pitch(int64_t d_bytes) { return d_bytes + kQPad; }
-__host__ __device__ constexpr int64_t staged_smem_bytes(int rows, int64_t d_bytes) {
-  return rows * staged_q_pitch(d_bytes) + static_cast<int64_t>(kWarps) * kStages * kSlotBytes;
-}
-
 template <typename scalar_t, int RM, int NCT, bool kProbs, bool kStaged>
 __global__ void __launch_bounds__(kThreads, 1)
 tc_split_kernel(const scalar_t* __restrict__ q,   // [B, M, H, D] contiguous
@@ -329,6 +321,7 @@ tc_split_kernel(const scalar_t* __restrict__ q,   // [B, M, H, D] contiguous
   __shared__ float s_max[kWarps][NR];
   __shared__ float s_sum[kWarps][NR];
   __shared__ __align__(16) uint32_t s_p[NR][F::kPWords];
+  static_assert(F::kPWords == p_words(sizeof(scalar_t)), "staged_total_bytes must count s_p as declared");
 
   // this lane's rows: (m-tile i, half hh) -> row r0 + 16 i + 8 hh + g4
   int64_t qoff[RM][2];

@@ -411,6 +411,18 @@ def test_errors(case, match):
         po.coattention(**args, **kw)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("M,H,Hkv", [(0, 4, 2), (3, 0, 2)])
+def test_no_queries_or_no_heads(M, H, Hkv, device):
+    """M = 0 or H = 0: empty outputs and zero gradients, on every device (the CUDA launch plan divides by
+    the rows per KV head, which are zero here)."""
+    q, k, v, cu = make(2, M, H, Hkv, 8, 8, [5, 7], torch.float32, device, requires_grad=True)
+    out, lse, probs = po.coattention(q, k, v, cu, return_probs=True)
+    assert out.shape == (2, M, H, 8) and lse.shape == (2, M, H) and probs.shape == (12, H, M)
+    (out.sum() + lse.sum() + probs.sum()).backward()
+    assert not k.grad.any() and not v.grad.any() and q.grad.shape == q.shape
+
+
 def test_offsets_checked_once_and_again_after_an_inplace_write():
     """A sampler reuses one cu_seqlens for every step: its values are checked (a host copy) once, and again
     whenever it is written in place."""
