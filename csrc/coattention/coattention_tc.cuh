@@ -323,6 +323,8 @@ tc_split_kernel(const scalar_t* __restrict__ q,   // [B, M, H, D] contiguous
   __shared__ __align__(16) uint32_t s_p[NR][F::kPWords];
   static_assert(F::kPWords == p_words(sizeof(scalar_t)), "staged_total_bytes must count s_p as declared");
 
+  // offset in q of this KV head's query row rr (query rr / G, head g G + rr % G)
+  auto q_row = [&](int64_t rr) { return ((b * d.M + rr / d.G) * d.H + g * d.G + rr % d.G) * d.D; };
   // this lane's rows: (m-tile i, half hh) -> row r0 + 16 i + 8 hh + g4
   int64_t qoff[RM][2];
   int32_t poff[RM][2];
@@ -334,7 +336,7 @@ tc_split_kernel(const scalar_t* __restrict__ q,   // [B, M, H, D] contiguous
       const int64_t rr = r0 + 16 * i + 8 * hh + g4;
       row_ok[i][hh] = rr < d.R;
       const int64_t m = rr / d.G, h = g * d.G + rr % d.G;
-      qoff[i][hh] = row_ok[i][hh] ? ((b * d.M + m) * d.H + h) * d.D + kE * t4 : 0;
+      qoff[i][hh] = row_ok[i][hh] ? q_row(rr) + kE * t4 : 0;
       poff[i][hh] = static_cast<int32_t>(h * d.M + m);
     }
 
@@ -364,8 +366,7 @@ tc_split_kernel(const scalar_t* __restrict__ q,   // [B, M, H, D] contiguous
       const int r = idx / pieces, c = idx % pieces;
       const int64_t rr = r0 + r;
       const bool ok = rr < d.R;
-      const int64_t m = rr / d.G, h = g * d.G + rr % d.G;
-      const scalar_t* src = ok ? q + ((b * d.M + m) * d.H + h) * d.D : q;
+      const scalar_t* src = ok ? q + q_row(rr) : q;
       cp_async16(tc_smem + r * q_pitch + c * 16, reinterpret_cast<const uint8_t*>(src) + (ok ? c * 16 : 0), ok);
     }
     cp_async_commit();
@@ -611,32 +612,19 @@ tc_split_kernel(const scalar_t* __restrict__ q,   // [B, M, H, D] contiguous
     }
 }
 
-// Whether the staged kernel's shared memory fits the device (static arrays + dynamic).
-template <typename Kernel>
-bool staged_fits(Kernel kernel, int64_t dyn_bytes) {
-  int dev = 0, optin = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&dev));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  cudaFuncAttributes attr{};
-  C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
-  return static_cast<int64_t>(attr.sharedSizeBytes) + dyn_bytes <= optin;
-}
-
 template <typename scalar_t, int RM, int NCT, bool kProbs>
 void launch_probs(bool staged, dim3 grid, cudaStream_t stream, const scalar_t* q, const scalar_t* k,
                   const scalar_t* v, const int32_t* cu, float* po, float* pl, float* pr, const Dims& d) {
-  // staged: 128 bytes of output columns per warp, the head dim in whole 128-byte chunks
+  // staged (128 bytes of output columns per warp): the host decided it, the head dim in whole 128-byte
+  // chunks and the shared memory (staged_total_bytes, the kernel's arrays as declared) within the device's
   if constexpr (NCT * 8 * sizeof(scalar_t) == 128) {
-    const int64_t d_bytes = d.D * static_cast<int64_t>(sizeof(scalar_t));
-    if (staged && d_bytes % 128 == 0) {
+    if (staged) {
       auto kernel = tc_split_kernel<scalar_t, RM, NCT, kProbs, true>;
-      const int64_t dyn = staged_smem_bytes(16 * RM, d_bytes);
-      if (staged_fits(kernel, dyn)) {
-        C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dyn)));
-        kernel<<<grid, kThreads, static_cast<size_t>(dyn), stream>>>(q, k, v, cu, po, pl, pr, d);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-        return;
-      }
+      const int64_t dyn = staged_smem_bytes(16 * RM, d.D * static_cast<int64_t>(sizeof(scalar_t)));
+      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dyn)));
+      kernel<<<grid, kThreads, static_cast<size_t>(dyn), stream>>>(q, k, v, cu, po, pl, pr, d);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      return;
     }
   }
   tc_split_kernel<scalar_t, RM, NCT, kProbs, false><<<grid, kThreads, 0, stream>>>(q, k, v, cu, po, pl, pr, d);
