@@ -7,8 +7,8 @@
 // products are computed" below):
 //   wide groups:   S^T = K_blk Q^T (key-major scores) and O += P V_blk through BLAS, float32 key
 //                  rows read in place, 512-key blocks, column-wise online softmax;
-//   narrow groups: the block packed once (bf16/fp16 converted to fp32 on the way, rows padded
-//                  against 4 KiB set aliasing) while the next is software-prefetched, then
+//   narrow groups: float32 rows read in place, bf16/fp16 blocks packed once (converted to fp32,
+//                  rows padded against 4 KiB set aliasing); the next block software-prefetched;
 //                  S = Qs K_blk^T (register-tiled dot products: 3 rows x 4 keys reduced by
 //                  vhaddps for float on AVX, else 6 x 2), row-wise online softmax,
 //                  O += P V_blk (register-tiled 6x16 broadcast-FMAs), blocks sized for L2,
@@ -621,8 +621,11 @@ void forward_impl(const Problem& p, const at::Tensor& q, const at::Tensor& k, co
   using acc_t = at::opmath_type<scalar_t>;
   const Path path = cpu_path(p);
   const bool use_blas = path == Path::kBlas;
-  // float32 / float64 key rows are read in place by BLAS; others are packed (to acc_t)
-  const bool direct = use_blas && std::is_same_v<scalar_t, acc_t>;
+  // float32 / float64 key rows are read in place, 16-bit ones packed (converted to acc_t). The
+  // tiles read in place too: case B (D 128, H = Hkv = 8, fp32, 2 threads, 370,989 keys, alternating
+  // processes) 566-582 ms against 649-739 ms packed; three narrow shapes (R 6 D 1024 k = v,
+  // R 6 D 256, R 12 D 64) within this VM's noise of each other.
+  const bool direct = std::is_same_v<scalar_t, acc_t>;
   // keys per block: BLAS wants large GEMMs (48, 128, 256, 512 keys measured 673, 643, 623, 567 ms
   // median on case A in the row-major layout; bf16 packed: 256 and 512 keys within 1 %); the
   // tiles keep a block's rows in L2 between its two products
