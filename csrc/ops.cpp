@@ -4,6 +4,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "common/parallel.h"
+
 extern "C" {
 // `import pathgen._C` loads this shared library, which runs the static registrations
 // below; the module itself is empty (no pybind11, stable/limited Python API only).
@@ -39,4 +41,9 @@ TORCH_LIBRARY(pathgen, m) {
       "_coattention_backward(Tensor? grad_out, Tensor? grad_lse, Tensor? grad_probs, Tensor q, Tensor k, "
       "Tensor v, Tensor cu_seqlens, Tensor out, Tensor lse, Tensor? probs, int max_seqlen, float scale, "
       "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+
+  // ---- diagnostics --------------------------------------------------------------------
+  // distinct threads that ran ATen's parallel_for over [0, n) in this extension's code
+  // (common/parallel.h); no tensors, so one kernel for every backend
+  m.def("_parallel_threads(int n) -> int", &pathgen::parallel_threads);
 }

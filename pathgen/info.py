@@ -38,6 +38,8 @@ def collect() -> dict:
     for name, module in (("cucim", "cucim"), ("openslide", "openslide"), ("tifffile", "tifffile")):
         ok, detail = _importable(module)
         backends[name] = {"importable": ok, "detail": detail}
+    # threads the compiled CPU kernels really run (ATen's parallel_for inside the extension)
+    kernel_threads = torch.ops.pathgen._parallel_threads(64) if ext.HAS_OPS else None
     parallel = torch.__config__.parallel_info()
     backend_line = next((ln for ln in parallel.splitlines() if "parallel backend" in ln), "")
     return {
@@ -50,6 +52,7 @@ def collect() -> dict:
         "build": ext.BUILD_INFO,
         "kernels": kernels,
         "threads": torch.get_num_threads(),
+        "kernel_threads": kernel_threads,
         "parallel_backend": backend_line.split(":")[-1].strip(),
         "gpu_visible": torch.cuda.is_available(),
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
@@ -78,7 +81,8 @@ def format_report(info: dict) -> str:
     for op, devs in info["kernels"].items():
         lines.append(f"  {op:<14} cpu={'yes' if devs['cpu'] else 'no':<4} cuda={'yes' if devs['cuda'] else 'no'}")
     lines += [
-        f"threads: {info['threads']} ({info['parallel_backend']})",
+        f"threads: {info['threads']} ({info['parallel_backend']})"
+        + ("" if info.get("kernel_threads") is None else f"; the CPU kernels run on {info['kernel_threads']}"),
         f"GPU visible: {'yes: ' + ', '.join(info['gpus']) if info['gpu_visible'] else 'no'}",
         "slide backends:",
     ]
