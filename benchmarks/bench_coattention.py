@@ -18,7 +18,9 @@ Alternatives, all timed round-robin in the same process:
 Floors: bytes of X read once (A) or of K and V (B), over the read bandwidth measured by the
 same-run probe. Case A also does 2 M H D multiply-adds per patch (96 per byte of fp32 X), so on
 a CPU without AVX-512/AMX it is compute-bound far above its bytes floor: `pct_of_fma_probe`
-reports the achieved multiply-add rate over an fp32 GEMM probe timed in the same run.
+reports the achieved multiply-add rate over an fp32 GEMM probe timed in the same run, and
+`pct_of_roofline` the time against the larger of the two bounds (bytes over the read probe,
+multiply-adds over the fastest GEMM probe the kernel could use), `roofline_bound` saying which.
 """
 from __future__ import annotations
 
@@ -60,15 +62,32 @@ CONFIGS = [
 _FMA_PROBE: dict[str, float] = {}
 
 
-def fma_probe_gfmas(device) -> float:
-    """fp32 multiply-adds per second of a large GEMM right now (cached per device)."""
-    key = str(device)
+def fma_probe_gfmas(device, dtype: torch.dtype = torch.float32) -> float:
+    """Multiply-adds per second of a large GEMM in ``dtype`` right now (cached per device and dtype)."""
+    key = f"{device}:{dtype}"
     if key not in _FMA_PROBE:
-        a = torch.randn(2048, 2048, device=device)
-        b = torch.randn(2048, 2048, device=device)
+        a = torch.randn(2048, 2048, device=device, dtype=dtype)
+        b = torch.randn(2048, 2048, device=device, dtype=dtype)
         best = interleaved_best({"mm": lambda: a @ b}, device, min_rounds=5, max_rounds=10, min_time=0.5)
         _FMA_PROBE[key] = 2048**3 / best["mm"] / 1e9
     return _FMA_PROBE[key]
+
+
+def compute_ceiling_gfmas(device, dtype: torch.dtype) -> float:
+    """The fastest multiply-add rate the kernel could use: the fp32 GEMM probe, or on a GPU the
+    probe in the storage dtype when faster (16-bit tensor cores). The CPU kernel computes 16-bit
+    inputs in fp32 (no AVX-512-BF16 / AMX here), so its ceiling is the fp32 rate."""
+    rate = fma_probe_gfmas(device)
+    if torch.device(device).type == "cuda" and dtype != torch.float32:
+        rate = max(rate, fma_probe_gfmas(device, dtype))
+    return rate
+
+
+def roofline_pct(nbytes: int, fmas: int, seconds: float, read_gbs: float, ceiling_gfmas: float) -> tuple[float, str]:
+    """Achieved time against the roofline bound max(bytes / read bandwidth, FMAs / FMA ceiling),
+    both rates probed in the same run, and which of the two binds."""
+    t_bytes, t_fma = nbytes / (read_gbs * 1e9), fmas / (ceiling_gfmas * 1e9)
+    return 100 * max(t_bytes, t_fma) / seconds, ("bytes" if t_bytes >= t_fma else "fma")
 
 
 def bag_lengths(cfg: Config) -> list[int]:
@@ -160,6 +179,8 @@ def test_coattention(benchmark, report, probe, bench_device, cfg: Config, dtype)
     mha_s = best.get("mha")
 
     t = best["fused"]
+    ceiling = compute_ceiling_gfmas(dev, dtype)
+    pct_roofline, bound = roofline_pct(nbytes, fmas, t, probe.read_gbs, ceiling)
     figures = dict(
         fused_ms=t * 1e3, fused_noprobs_ms=best["fused_noprobs"] * 1e3, module_ms=best["module"] * 1e3,
         twin_ms=best["twin"] * 1e3, sdpa_ms=best["sdpa"] * 1e3, mha_ms=mha_s * 1e3 if mha_s else None,
@@ -167,6 +188,7 @@ def test_coattention(benchmark, report, probe, bench_device, cfg: Config, dtype)
         speedup_vs_mha=mha_s / vs_mha["module"] if mha_s else None,  # module vs mha: same inputs, same outputs
         GBps=nbytes / t / 1e9, pct_of_floor=100 * floor_fraction(nbytes, t, probe.read_gbs),
         GFMAps=fmas / t / 1e9, pct_of_fma_probe=100 * fmas / t / 1e9 / fma_probe_gfmas(dev),
+        pct_of_roofline=pct_roofline, roofline_bound=bound, ceiling_GFMAps=ceiling,
         threads=torch.get_num_threads(), n_total=n)
     report(f"coattention[{cfg.case},B{B},n{cfg.n_lo}-{cfg.n_hi},{'Hkv1,D' if cfg.folded else 'Hkv8,D'}{D},"
            f"{str(dtype).split('.')[-1]},{dev.type}]", **{k: v for k, v in figures.items() if v is not None})

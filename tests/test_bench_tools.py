@@ -242,12 +242,15 @@ def test_busy_machine_is_flagged(files):
 
 def test_report_writes_markdown_and_png(files, tmp_path, capsys):
     gen = "benchmarks/bench_generator.py::test_generator_sampling[small]"
-    src = files("r", {**BASE, gen: {"speedup_vs_published": 75.0}, SL: {"speedup_vs_openslide_cucim": 2.5}})
+    co = {**BASE[CO], "pct_of_roofline": 42.4, "roofline_bound": "fma"}
+    src = files("r", {**BASE, CO: co, gen: {"speedup_vs_published": 75.0}, SL: {"speedup_vs_openslide_cucim": 2.5}})
     out = tmp_path / "report"
     assert cli.script_main(["report", str(src), "--out", str(out)]) == 0
     md = (out / "speedups.md").read_text()
-    assert "| kernel | case | size | device | vs twin | vs compiled | vs published | other ratios | % of floor |" in md
-    assert "| denoise_step | B256xG1000-plain | small | cpu | 4.0x | 2.0x |  |  | 80% | 0.5 |" in md
+    assert ("| kernel | case | size | device | vs twin | vs compiled | vs published | other ratios | % of floor "
+            "| % of roofline | time (ms) |") in md
+    assert "| denoise_step | B256xG1000-plain | small | cpu | 4.0x | 2.0x |  |  | 80% |  | 0.5 |" in md
+    assert "| 10.0x |  |  |  | 50% | 42% (f) | 0.5 |" in md  # coattention: roofline info, bound by multiply-adds
     assert "| generator_sampling | small | small | cpu |  |  | 75.0x |" in md
     assert "| read | tifffile | small | cpu |  |  |  | openslide_cucim 2.5x |" in md
     assert "commit abc1234567" in md and "![speedups](speedups.png)" in md

@@ -71,21 +71,25 @@ def render_markdown(results: list[Results]) -> str:
     keys = _speedup_keys(results)
     has_other = any(_others(b) for r in results for b in r.benchmarks.values())
     head = ["kernel", "case", "size", "device"] + [k.replace("speedup_vs_", "vs ") for k in keys] + \
-        (["other ratios"] if has_other else []) + ["% of floor", "time (ms)"]
+        (["other ratios"] if has_other else []) + ["% of floor", "% of roofline", "time (ms)"]
     lines = ["Speedups are ratios of times measured in the same process, interleaved (higher is better); "
              "% of floor is the achieved bandwidth over a bandwidth probe run in the same process (where the "
              "benchmark provides one, a probe moving the same bytes in the same rounds; above 100% the kernel "
-             "streams faster than that probe, e.g. with more concurrent streams on one thread). "
+             "streams faster than that probe, e.g. with more concurrent streams on one thread); % of roofline, where "
+             "given, is the time against the larger of that bytes floor and the multiply-adds over a same-run GEMM "
+             "probe (b: bytes bind, f: multiply-adds bind). "
              "Absolute times are for information only: these machines vary 2.5-3.7x between runs.", ""]
     for r in results:
         lines.append(f"- {provenance(r)}")
     lines += ["", "| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * (len(head) - 4)) + "|"]
     for r, b in _rows(results):
         floor = b.figures.get("pct_of_floor")
+        roof = b.info.get("pct_of_roofline")
+        roof_s = f"{roof:.0f}% ({str(b.info.get('roofline_bound', '?'))[0]})" if isinstance(roof, (int, float)) else ""
         t = _time_ms(b)
         other = ", ".join(f"{k.replace('speedup_vs_', '')} {_x(v)}" for k, v in sorted(_others(b).items()))
         cells = [b.kernel, b.case, b.size or "", _device(r)] + [_x(b.figures.get(k)) for k in keys] + \
-            ([other] if has_other else []) + ["" if floor is None else f"{floor:.0f}%", _ms(t)]
+            ([other] if has_other else []) + ["" if floor is None else f"{floor:.0f}%", roof_s, _ms(t)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
