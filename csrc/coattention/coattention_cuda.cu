@@ -21,6 +21,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
+#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -323,10 +324,9 @@ int64_t longest_bag(const at::Tensor& cu_seqlens, int64_t max_seqlen) {
   return n.max().item<int64_t>();  // one device -> host copy when the caller did not say
 }
 
-int num_sms(const at::Device& dev) {
-  int sms = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev.index()));
-  return std::max(sms, 1);
+// the device's properties, queried once per device by ATen and cached (no driver call per launch)
+const cudaDeviceProp& device_props(const at::Device& dev) {
+  return *at::cuda::getDeviceProperties(dev.index());
 }
 
 template <typename scalar_t, int kCols>
@@ -358,7 +358,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> coattention_cuda(const at::Tensor
 
   Dims d = make_dims(p, k, v);
   const int64_t longest = std::max<int64_t>(longest_bag(cu, max_seqlen), 1);
-  const int64_t sms = num_sms(q.device());
+  const cudaDeviceProp& props = device_props(q.device());
+  const int64_t sms = std::max(props.multiProcessorCount, 1);
   const int nct = tc::pick_nct(p, q, k, v);
   const int kCols = p.Dv > 2 * kThreads ? 4 : (p.Dv > kThreads ? 2 : 1);
   int rm = 0;
@@ -379,8 +380,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> coattention_cuda(const at::Tensor
     staged = staged && nct * 8 * es == 128 && d_bytes % 128 == 0;
     rm = rows_for(staged);
     if (staged) {
-      int optin = 0;
-      C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, q.device().index()));
+      const int64_t optin = static_cast<int64_t>(props.sharedMemPerBlockOptin);
       while (rm > 0 && tc::staged_total_bytes(16 * rm, d_bytes, es) > optin) --rm;
       if (rm == 0) staged = false, rm = rows_for(false);
     }

@@ -52,6 +52,7 @@ constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
 constexpr int kKeysPerWarp = 16;
 constexpr int kTileKeys = kWarps * kKeysPerWarp;  // 128
+constexpr int kMaxDevices = 64;                    // per-device launch state (shared-memory limits set)
 constexpr int kMaxRM = 3;                          // up to 48 query rows per CTA
 // 32 rows per CTA by default: fastest of 16/32/48 for case A bfloat16 on an H100 (1.39-1.69 ms against
 // 1.72-1.83 ms for 48 rows, two runs). PATHGEN_COATTN_TC_MAXRM overrides (1..kMaxRM; float32 stops at 2).

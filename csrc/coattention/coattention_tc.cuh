@@ -3,9 +3,12 @@
 // by one small translation unit per dtype.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <atomic>
+#include <mutex>
 #include <type_traits>
 
 #include "coattention/coattention_cuda.cuh"
@@ -621,7 +624,20 @@ void launch_probs(bool staged, dim3 grid, cudaStream_t stream, const scalar_t* q
     if (staged) {
       auto kernel = tc_split_kernel<scalar_t, RM, NCT, kProbs, true>;
       const int64_t dyn = staged_smem_bytes(16 * RM, d.D * static_cast<int64_t>(sizeof(scalar_t)));
-      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dyn)));
+      // the kernel's dynamic shared-memory limit, raised per device only when a launch needs more than
+      // was set before (not one runtime call per launch: a sampler makes thousands)
+      // (only ever raised, under a lock, so a launch never sees it lowered by another thread)
+      static std::atomic<int> limit_set[kMaxDevices] = {};
+      static std::mutex raise;
+      const int dev = c10::cuda::current_device();
+      TORCH_CHECK(dev >= 0 && dev < kMaxDevices, "coattention: device index ", dev, " out of range");
+      if (limit_set[dev].load(std::memory_order_acquire) < dyn) {
+        const std::lock_guard<std::mutex> lock(raise);
+        if (limit_set[dev].load(std::memory_order_relaxed) < dyn) {
+          C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dyn)));
+          limit_set[dev].store(static_cast<int>(dyn), std::memory_order_release);
+        }
+      }
       kernel<<<grid, kThreads, static_cast<size_t>(dyn), stream>>>(q, k, v, cu, po, pl, pr, d);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       return;
