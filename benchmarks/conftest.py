@@ -6,11 +6,16 @@ them is printed at the end of the run (and lands in ``--benchmark-json`` output)
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
-import torch
+
+from pathgen.cli import huge_pages_for_tensors
+
+huge_pages_for_tensors()  # as the `pathgen` command runs (before torch's first allocation)
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import BandwidthProbe  # noqa: E402
@@ -115,6 +120,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         "bench_device": dev, "gpu": torch.cuda.get_device_name(torch.device(dev)) if cuda else None,
         "loadavg": [round(x, 2) for x in os.getloadavg()],  # at the end of the run: was the machine shared?
         "steady_malloc": getattr(config, "_pathgen_steady_malloc", False),
+        "thp_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE"),  # huge pages for tensors (pathgen/cli.py)
         "run": {"bench_size": config.getoption("--bench-size"), "bench_device": dev,
                 "bench_threads": config.getoption("--bench-threads"),
                 "k": config.getoption("keyword") or None, "paths": targets},

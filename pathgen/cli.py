@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -53,7 +54,21 @@ def _command_of(argv: list[str]) -> str | None:
     return None
 
 
+def huge_pages_for_tensors() -> None:
+    """Let torch's CPU allocator back large tensors with transparent huge pages (``madvise``).
+
+    The co-attention kernels stream whole bags of patch features; on 4 KiB pages every 4 KiB read
+    is a TLB miss. Case B fp32 (370,989 keys x 8 heads x 128, 2 threads, alternating processes,
+    2026-11-28): 257-298 ms with huge pages against 342-378 ms without. torch reads
+    ``THP_MEM_ALLOC_ENABLE`` once, at its first allocation, so this runs before torch is imported;
+    a value already in the environment (``THP_MEM_ALLOC_ENABLE=0`` opts out) is left alone.
+    """
+    if "torch" not in sys.modules:
+        os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
+
 def main(argv: list[str] | None = None) -> int:
+    huge_pages_for_tensors()
     argv = sys.argv[1:] if argv is None else list(argv)
     command = _command_of(argv)
     parser = build_parser(command) if command else build_parser("")

@@ -5,7 +5,9 @@ import argparse
 import importlib
 import importlib.metadata as md
 import json
+import os
 import platform
+from pathlib import Path
 
 import torch
 
@@ -25,6 +27,16 @@ def _importable(module: str) -> tuple[bool, str]:
         return True, getattr(mod, "__version__", "") or ""
     except Exception as exc:  # noqa: BLE001 - report any failure to import (missing libs too)
         return False, f"{type(exc).__name__}: {exc}".splitlines()[0][:120]
+
+
+def _huge_pages() -> str:
+    """Whether torch's CPU allocator asks for transparent huge pages, and what the kernel allows."""
+    asked = os.environ.get("THP_MEM_ALLOC_ENABLE", "0") not in ("", "0")
+    try:
+        mode = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text().split("[")[1].split("]")[0]
+    except (OSError, IndexError):
+        mode = "unknown"
+    return f"{'asked' if asked else 'not asked'} (THP_MEM_ALLOC_ENABLE), system mode {mode}"
 
 
 def collect() -> dict:
@@ -52,6 +64,7 @@ def collect() -> dict:
         "build": ext.BUILD_INFO,
         "kernels": kernels,
         "threads": torch.get_num_threads(),
+        "huge_pages": _huge_pages(),
         "kernel_threads": kernel_threads,
         "parallel_backend": backend_line.split(":")[-1].strip(),
         "gpu_visible": torch.cuda.is_available(),
@@ -83,6 +96,7 @@ def format_report(info: dict) -> str:
     lines += [
         f"threads: {info['threads']} ({info['parallel_backend']})"
         + ("" if info.get("kernel_threads") is None else f"; the CPU kernels run on {info['kernel_threads']}"),
+        f"huge pages for tensors: {info['huge_pages']}",
         f"GPU visible: {'yes: ' + ', '.join(info['gpus']) if info['gpu_visible'] else 'no'}",
         "slide backends:",
     ]

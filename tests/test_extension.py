@@ -6,6 +6,10 @@ torch.set_num_threads said (found 2026-11-27: case B took 571 ms of CPU time in 
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -41,3 +45,36 @@ def test_info_reports_kernel_threads(two_threads):
     info = collect()
     assert info["kernel_threads"] == 2
     assert "the CPU kernels run on 2" in format_report(info)
+
+
+def test_cli_asks_for_huge_pages_before_torch_loads():
+    """`pathgen` sets THP_MEM_ALLOC_ENABLE before torch's first allocation; a user's value wins."""
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    out = subprocess.run([sys.executable, "-m", "pathgen", "info"], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    assert "huge pages for tensors: asked (THP_MEM_ALLOC_ENABLE)" in out
+    out = subprocess.run([sys.executable, "-m", "pathgen", "info"], env={**env, "THP_MEM_ALLOC_ENABLE": "0"},
+                         capture_output=True, text=True, check=True).stdout
+    assert "huge pages for tensors: not asked" in out
+
+
+def _thp_mode() -> str:
+    try:
+        text = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+        return text.split("[")[1].split("]")[0]
+    except (OSError, IndexError):
+        return "unknown"
+
+
+@pytest.mark.skipif(_thp_mode() not in ("always", "madvise") or not os.path.exists("/proc/self/smaps_rollup"),
+                    reason="no transparent huge pages on this system")
+def test_large_tensors_land_on_huge_pages():
+    """What the setting buys: torch then backs a large tensor with huge pages (a new process, since
+    torch reads the variable once)."""
+    code = ("from pathgen.cli import huge_pages_for_tensors; huge_pages_for_tensors()\n"
+            "import torch\nx = torch.ones(32 * 2**20)\n"
+            "print(next(l.split()[1] for l in open('/proc/self/smaps_rollup') if l.startswith('AnonHugePages')))")
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    kib = int(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                             check=True).stdout.strip())
+    assert kib >= 2048, f"a 128 MiB tensor got {kib} KiB of huge pages"
