@@ -58,8 +58,8 @@ def huge_pages_for_tensors() -> None:
     """Let torch's CPU allocator back large tensors with transparent huge pages (``madvise``).
 
     The co-attention kernels stream whole bags of patch features; on 4 KiB pages every 4 KiB read
-    is a TLB miss. Case B fp32 (370,989 keys x 8 heads x 128, 2 threads, alternating processes,
-    2026-11-28): 257-298 ms with huge pages against 342-378 ms without. torch reads
+    is a TLB miss. Case B (370,989 keys x 8 heads x 128, 2 threads, alternating processes,
+    2026-11-28): faster in 7 of 9 pairs, fp32 257-337 ms against 295-378 ms. torch reads
     ``THP_MEM_ALLOC_ENABLE`` once, at its first allocation, so this runs before torch is imported;
     a value already in the environment (``THP_MEM_ALLOC_ENABLE=0`` opts out) is left alone.
     """
