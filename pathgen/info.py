@@ -29,14 +29,18 @@ def _importable(module: str) -> tuple[bool, str]:
         return False, f"{type(exc).__name__}: {exc}".splitlines()[0][:120]
 
 
+def thp_mode() -> str:
+    """The system's transparent-huge-page mode (always | madvise | never), or "unknown"."""
+    try:
+        return Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text().split("[")[1].split("]")[0]
+    except (OSError, IndexError):
+        return "unknown"
+
+
 def _huge_pages() -> str:
     """Whether torch's CPU allocator asks for transparent huge pages, and what the kernel allows."""
     asked = os.environ.get("THP_MEM_ALLOC_ENABLE", "0") not in ("", "0")
-    try:
-        mode = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text().split("[")[1].split("]")[0]
-    except (OSError, IndexError):
-        mode = "unknown"
-    return f"{'asked' if asked else 'not asked'} (THP_MEM_ALLOC_ENABLE), system mode {mode}"
+    return f"{'asked' if asked else 'not asked'} (THP_MEM_ALLOC_ENABLE), system mode {thp_mode()}"
 
 
 def collect() -> dict:

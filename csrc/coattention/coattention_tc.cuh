@@ -624,9 +624,9 @@ void launch_probs(bool staged, dim3 grid, cudaStream_t stream, const scalar_t* q
     if (staged) {
       auto kernel = tc_split_kernel<scalar_t, RM, NCT, kProbs, true>;
       const int64_t dyn = staged_smem_bytes(16 * RM, d.D * static_cast<int64_t>(sizeof(scalar_t)));
-      // the kernel's dynamic shared-memory limit, raised per device only when a launch needs more than
-      // was set before (not one runtime call per launch: a sampler makes thousands)
-      // (only ever raised, under a lock, so a launch never sees it lowered by another thread)
+      // the kernel's dynamic shared-memory limit, per device, raised only when a launch needs more than
+      // was set before (not a runtime call per launch: a sampler makes thousands), and only ever raised,
+      // under a lock, so no launch sees it lowered by another thread
       static std::atomic<int> limit_set[kMaxDevices] = {};
       static std::mutex raise;
       const int dev = c10::cuda::current_device();
