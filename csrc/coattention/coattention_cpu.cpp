@@ -206,13 +206,17 @@ struct Prefetch {
     end[i] = p[i] + bytes;
   }
   int64_t lines() const { return ((end[0] - p[0]) + (end[1] - p[1])) / 64 + 2; }
+  // The cursors live in registers for the burst: stepping p[i] in memory made every prefetch
+  // wait on the previous one's store (store-to-load forwarding), and the ticks cost case B's
+  // tiles about 40 ns per key and head with the block in L3 (144 against 104 ns, T = 1).
   inline void tick() {
-    for (int64_t n = 0; n < lines_per_tick; ++n) {
-      const int i = p[0] < end[0] ? 0 : 1;
-      if (p[i] >= end[i]) return;
-      __builtin_prefetch(p[i], 0, 2);
-      p[i] += 64;
-    }
+    int64_t n = lines_per_tick;
+    const char* a = p[0];
+    for (; n > 0 && a < end[0]; --n, a += 64) __builtin_prefetch(a, 0, 2);
+    const char* b = p[1];
+    for (; n > 0 && b < end[1]; --n, b += 64) __builtin_prefetch(b, 0, 2);
+    p[0] = a;
+    p[1] = b;
   }
 };
 
