@@ -7,8 +7,9 @@
 // products are computed" below):
 //   wide groups:   S^T = K_blk Q^T (key-major scores) and O += P V_blk through BLAS, float32 key
 //                  rows read in place, 512-key blocks, column-wise online softmax;
-//   narrow groups: float32 rows read in place, bf16/fp16 blocks packed once (converted to fp32,
-//                  rows padded against 4 KiB set aliasing); the next block software-prefetched;
+//   narrow groups: float32 rows read in place, bf16/fp16 rows too (widened to fp32 in registers;
+//                  the backward packs them, rows padded against 4 KiB set aliasing); the next
+//                  block software-prefetched;
 //                  S = Qs K_blk^T (register-tiled dot products: 3 rows x 4 keys reduced by
 //                  vhaddps for float on AVX, else 6 x 2), row-wise online softmax,
 //                  O += P V_blk (register-tiled 6x16 broadcast-FMAs), blocks sized for L2,
@@ -58,6 +59,50 @@ struct Simd {
     return s;
   }
 };
+
+// Loads of a key or value operand stored as Tb into vectors of T: in place for Tb == T, widened
+// in registers for bf16 (zero-extend and shift, exact) and fp16 (vcvtph2ps, F16C), so the tiles
+// read 16-bit rows where they lie instead of a packed fp32 copy of the block.
+template <typename Tb>
+constexpr bool kWidensInRegisters = std::is_same_v<Tb, c10::BFloat16>
+#if defined(__F16C__)
+                                    || std::is_same_v<Tb, c10::Half>
+#endif
+    ;
+
+template <typename T, typename Tb>
+inline typename Simd<T>::V load_as(const Tb* p) {
+  using V = typename Simd<T>::V;
+  if constexpr (std::is_same_v<T, Tb>) {
+    return Simd<T>::load(p);
+  } else if constexpr (std::is_same_v<T, float> && std::is_same_v<Tb, c10::BFloat16>) {
+#if defined(__AVX2__)
+    // one vpmovzxwd from memory and a shift (the generic form below compiles to two 128-bit halves)
+    const __m256i w = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16);
+    V v;
+    std::memcpy(&v, &w, sizeof(V));
+    return v;
+#else
+    typedef uint16_t U16 __attribute__((vector_size(16)));
+    typedef uint32_t U32 __attribute__((vector_size(32)));
+    U16 h;
+    std::memcpy(&h, p, sizeof(U16));
+    const U32 w = __builtin_convertvector(h, U32) << 16;  // bf16 is the top half of an fp32
+    V v;
+    std::memcpy(&v, &w, sizeof(V));
+    return v;
+#endif
+#if defined(__F16C__)
+  } else if constexpr (std::is_same_v<T, float> && std::is_same_v<Tb, c10::Half>) {
+    const __m256 f = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    V v;
+    std::memcpy(&v, &f, sizeof(V));
+    return v;
+#endif
+  } else {
+    static_assert(std::is_same_v<T, Tb>, "load_as: no widening load for this pair of types");
+  }
+}
 
 constexpr int kRowTile = 6;
 
@@ -221,8 +266,8 @@ struct Prefetch {
 };
 
 // S[r, c] = sum_d A[r, d] B[c, d] for an RT x CT tile.
-template <typename T, int RT, int CT>
-inline void nt_tile(int64_t D, const T* A, int64_t lda, const T* B, int64_t ldb, T* S, int64_t lds) {
+template <typename T, typename Tb, int RT, int CT>
+inline void nt_tile(int64_t D, const T* A, int64_t lda, const Tb* B, int64_t ldb, T* S, int64_t lds) {
   using S_ = Simd<T>;
   using V = typename S_::V;
   constexpr int L = S_::L;
@@ -232,7 +277,7 @@ inline void nt_tile(int64_t D, const T* A, int64_t lda, const T* B, int64_t ldb,
   int64_t d = 0;
   for (; d + L <= D; d += L) {
     V b[CT];
-    for (int c = 0; c < CT; ++c) b[c] = S_::load(B + c * ldb + d);
+    for (int c = 0; c < CT; ++c) b[c] = load_as<T>(B + c * ldb + d);
     for (int r = 0; r < RT; ++r) {
       const V a = S_::load(A + r * lda + d);
       for (int c = 0; c < CT; ++c) acc[r][c] += a * b[c];
@@ -241,21 +286,21 @@ inline void nt_tile(int64_t D, const T* A, int64_t lda, const T* B, int64_t ldb,
   for (int r = 0; r < RT; ++r) {
     for (int c = 0; c < CT; ++c) {
       T s = S_::hsum(acc[r][c]);
-      for (int64_t e = d; e < D; ++e) s += A[r * lda + e] * B[c * ldb + e];
+      for (int64_t e = d; e < D; ++e) s += A[r * lda + e] * static_cast<T>(B[c * ldb + e]);
       S[r * lds + c] = s;
     }
   }
 }
 
-template <typename T, int CT>
-inline void nt_rows(int rt, int64_t D, const T* A, int64_t lda, const T* B, int64_t ldb, T* S, int64_t lds) {
+template <typename T, int CT, typename Tb>
+inline void nt_rows(int rt, int64_t D, const T* A, int64_t lda, const Tb* B, int64_t ldb, T* S, int64_t lds) {
   switch (rt) {
-    case 6: nt_tile<T, 6, CT>(D, A, lda, B, ldb, S, lds); break;
-    case 5: nt_tile<T, 5, CT>(D, A, lda, B, ldb, S, lds); break;
-    case 4: nt_tile<T, 4, CT>(D, A, lda, B, ldb, S, lds); break;
-    case 3: nt_tile<T, 3, CT>(D, A, lda, B, ldb, S, lds); break;
-    case 2: nt_tile<T, 2, CT>(D, A, lda, B, ldb, S, lds); break;
-    default: nt_tile<T, 1, CT>(D, A, lda, B, ldb, S, lds); break;
+    case 6: nt_tile<T, Tb, 6, CT>(D, A, lda, B, ldb, S, lds); break;
+    case 5: nt_tile<T, Tb, 5, CT>(D, A, lda, B, ldb, S, lds); break;
+    case 4: nt_tile<T, Tb, 4, CT>(D, A, lda, B, ldb, S, lds); break;
+    case 3: nt_tile<T, Tb, 3, CT>(D, A, lda, B, ldb, S, lds); break;
+    case 2: nt_tile<T, Tb, 2, CT>(D, A, lda, B, ldb, S, lds); break;
+    default: nt_tile<T, Tb, 1, CT>(D, A, lda, B, ldb, S, lds); break;
   }
 }
 
@@ -270,18 +315,28 @@ inline __m128 hsum4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
   return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
 
-template <int RT>
-inline void nt_quad(int64_t D, const float* A, int64_t lda, const float* B, int64_t ldb, float* S, int64_t lds) {
+template <int RT, typename Tb>
+inline void nt_quad(int64_t D, const float* A, int64_t lda, const Tb* B, int64_t ldb, float* S, int64_t lds) {
   __m256 acc[RT][4];
   for (int r = 0; r < RT; ++r)
     for (int c = 0; c < 4; ++c) acc[r][c] = _mm256_setzero_ps();
   int64_t d = 0;
   for (; d + 8 <= D; d += 8) {
-    __m256 b[4];
-    for (int c = 0; c < 4; ++c) b[c] = _mm256_loadu_ps(B + c * ldb + d);
-    for (int r = 0; r < RT; ++r) {
-      const __m256 a = _mm256_loadu_ps(A + r * lda + d);
-      for (int c = 0; c < 4; ++c) acc[r][c] = _mm256_fmadd_ps(a, b[c], acc[r][c]);
+    if constexpr (std::is_same_v<Tb, float>) {  // 12 accumulators, 4 keys; the rows as memory operands
+      __m256 b[4];
+      for (int c = 0; c < 4; ++c) b[c] = _mm256_loadu_ps(B + c * ldb + d);
+      for (int r = 0; r < RT; ++r) {
+        const __m256 a = _mm256_loadu_ps(A + r * lda + d);
+        for (int c = 0; c < 4; ++c) acc[r][c] = _mm256_fmadd_ps(a, b[c], acc[r][c]);
+      }
+    } else {  // 16-bit keys are widened into a register first: rows held, keys one at a time (16 registers)
+      __m256 a[RT];
+      for (int r = 0; r < RT; ++r) a[r] = _mm256_loadu_ps(A + r * lda + d);
+      for (int c = 0; c < 4; ++c) {
+        const Simd<float>::V w = load_as<float>(B + c * ldb + d);
+        const __m256 b = reinterpret_cast<const __m256&>(w);
+        for (int r = 0; r < RT; ++r) acc[r][c] = _mm256_fmadd_ps(a[r], b, acc[r][c]);
+      }
     }
   }
   for (int r = 0; r < RT; ++r) {
@@ -289,14 +344,15 @@ inline void nt_quad(int64_t D, const float* A, int64_t lda, const float* B, int6
     if (d < D) {  // head dims that are not a multiple of 8
       alignas(16) float tail[4] = {0.f, 0.f, 0.f, 0.f};
       for (int c = 0; c < 4; ++c)
-        for (int64_t e = d; e < D; ++e) tail[c] += A[r * lda + e] * B[c * ldb + e];
+        for (int64_t e = d; e < D; ++e) tail[c] += A[r * lda + e] * static_cast<float>(B[c * ldb + e]);
       sum = _mm_add_ps(sum, _mm_load_ps(tail));
     }
     _mm_storeu_ps(S + r * lds, sum);
   }
 }
 
-inline void nt_quads(int64_t R, int64_t D, const float* A, int64_t lda, const float* B, int64_t ldb, float* S,
+template <typename Tb>
+inline void nt_quads(int64_t R, int64_t D, const float* A, int64_t lda, const Tb* B, int64_t ldb, float* S,
                      int64_t lds) {
   int64_t r0 = 0;
   for (; r0 + 3 <= R; r0 += 3) nt_quad<3>(D, A + r0 * lda, lda, B, ldb, S + r0 * lds, lds);
@@ -306,8 +362,8 @@ inline void nt_quads(int64_t R, int64_t D, const float* A, int64_t lda, const fl
 #endif
 
 // S[r, c] = sum_d A[r, d] B[c, d]   (R x C, both operands row-major in d)
-template <typename T>
-void gemm_nt(int64_t R, int64_t C, int64_t D, const T* A, int64_t lda, const T* B, int64_t ldb, T* S,
+template <typename T, typename Tb>
+void gemm_nt(int64_t R, int64_t C, int64_t D, const T* A, int64_t lda, const Tb* B, int64_t ldb, T* S,
              int64_t lds, Prefetch& pf) {
 #ifdef PATHGEN_NT_QUADS
   if constexpr (std::is_same_v<T, float>) {  // 4 keys x all rows per tick, then the 6 x 2 tiles' tail
@@ -344,8 +400,8 @@ inline int64_t nt_ticks(int64_t R, int64_t C) {
 }
 
 // C[r, n] += sum_k A[r, k] B[k, n] for an RT x (NV vectors) tile.
-template <typename T, int RT, int NV>
-inline void nn_tile(int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc) {
+template <typename T, typename Tb, int RT, int NV>
+inline void nn_tile(int64_t K, const T* A, int64_t lda, const Tb* B, int64_t ldb, T* C, int64_t ldc) {
   using S_ = Simd<T>;
   using V = typename S_::V;
   constexpr int L = S_::L;
@@ -354,7 +410,7 @@ inline void nn_tile(int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb,
     for (int v = 0; v < NV; ++v) acc[r][v] = S_::load(C + r * ldc + v * L);
   for (int64_t k = 0; k < K; ++k) {
     V b[NV];
-    for (int v = 0; v < NV; ++v) b[v] = S_::load(B + k * ldb + v * L);
+    for (int v = 0; v < NV; ++v) b[v] = load_as<T>(B + k * ldb + v * L);
     for (int r = 0; r < RT; ++r) {
       const T a = A[r * lda + k];  // vector * scalar: one vbroadcastss per row
       for (int v = 0; v < NV; ++v) acc[r][v] += b[v] * a;
@@ -364,21 +420,21 @@ inline void nn_tile(int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb,
     for (int v = 0; v < NV; ++v) S_::store(C + r * ldc + v * L, acc[r][v]);
 }
 
-template <typename T, int NV>
-inline void nn_rows(int rt, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc) {
+template <typename T, int NV, typename Tb>
+inline void nn_rows(int rt, int64_t K, const T* A, int64_t lda, const Tb* B, int64_t ldb, T* C, int64_t ldc) {
   switch (rt) {
-    case 6: nn_tile<T, 6, NV>(K, A, lda, B, ldb, C, ldc); break;
-    case 5: nn_tile<T, 5, NV>(K, A, lda, B, ldb, C, ldc); break;
-    case 4: nn_tile<T, 4, NV>(K, A, lda, B, ldb, C, ldc); break;
-    case 3: nn_tile<T, 3, NV>(K, A, lda, B, ldb, C, ldc); break;
-    case 2: nn_tile<T, 2, NV>(K, A, lda, B, ldb, C, ldc); break;
-    default: nn_tile<T, 1, NV>(K, A, lda, B, ldb, C, ldc); break;
+    case 6: nn_tile<T, Tb, 6, NV>(K, A, lda, B, ldb, C, ldc); break;
+    case 5: nn_tile<T, Tb, 5, NV>(K, A, lda, B, ldb, C, ldc); break;
+    case 4: nn_tile<T, Tb, 4, NV>(K, A, lda, B, ldb, C, ldc); break;
+    case 3: nn_tile<T, Tb, 3, NV>(K, A, lda, B, ldb, C, ldc); break;
+    case 2: nn_tile<T, Tb, 2, NV>(K, A, lda, B, ldb, C, ldc); break;
+    default: nn_tile<T, Tb, 1, NV>(K, A, lda, B, ldb, C, ldc); break;
   }
 }
 
 // C[r, n] += sum_k A[r, k] B[k, n]   (R x Ncol; A row-major in k, B row-major in n)
-template <typename T>
-void gemm_nn_acc(int64_t R, int64_t Ncol, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
+template <typename T, typename Tb>
+void gemm_nn_acc(int64_t R, int64_t Ncol, int64_t K, const T* A, int64_t lda, const Tb* B, int64_t ldb, T* C,
                  int64_t ldc, Prefetch& pf) {
   constexpr int L = Simd<T>::L;
   int64_t n0 = 0;
@@ -396,7 +452,7 @@ void gemm_nn_acc(int64_t R, int64_t Ncol, int64_t K, const T* A, int64_t lda, co
     for (int64_t r = 0; r < R; ++r)
       for (int64_t k = 0; k < K; ++k) {
         const T a = A[r * lda + k];
-        for (int64_t n = n0; n < Ncol; ++n) C[r * ldc + n] += a * B[k * ldb + n];
+        for (int64_t n = n0; n < Ncol; ++n) C[r * ldc + n] += a * static_cast<T>(B[k * ldb + n]);
       }
   }
 }
@@ -413,7 +469,7 @@ inline int64_t nn_ticks(int64_t Ncol) {
 //          (MKL or OpenBLAS, single-threaded inside our workers), float32 key rows read in place.
 //          Key-major scores make a key's R scores adjacent, as `probs` stores them (one memcpy
 //          per key), and the softmax runs down columns with the rows in vector lanes.
-//   tiles  narrow groups: S = Q K_blk^T as 3 x 4 (float, AVX) or 6 x 2 dot-product tiles of packed rows, O += P V_blk
+//   tiles  narrow groups: S = Q K_blk^T as 3 x 4 (float, AVX) or 6 x 2 dot-product tiles, O += P V_blk
 //          as 6 x 16 broadcast-FMA tiles (a GEMM call costs microseconds).
 // Case A (16 slides, 207,839 patches, D = 1024, R = 48, fp32, 2 threads, best of 4): blas 474-504 ms,
 // row-major BLAS products (S = Q K^T, the previous layout) 523-572 ms, own 6 x 16 kernels in the
@@ -625,11 +681,18 @@ void forward_impl(const Problem& p, const at::Tensor& q, const at::Tensor& k, co
   using acc_t = at::opmath_type<scalar_t>;
   const Path path = cpu_path(p);
   const bool use_blas = path == Path::kBlas;
-  // float32 / float64 key rows are read in place, 16-bit ones packed (converted to acc_t). The
-  // tiles read in place too: case B (D 128, H = Hkv = 8, fp32, 2 threads, 370,989 keys, alternating
+  // float32 / float64 key rows are read in place, 16-bit ones packed for BLAS (converted to acc_t).
+  // The tiles read in place too: case B (D 128, H = Hkv = 8, fp32, 2 threads, 370,989 keys, alternating
   // processes) 566-582 ms against 649-739 ms packed; three narrow shapes (R 6 D 1024 k = v,
   // R 6 D 256, R 12 D 64) within this VM's noise of each other.
-  const bool direct = std::is_same_v<scalar_t, acc_t>;
+  // The tiles read bf16 / fp16 rows in place too, widened to fp32 in registers (load_as): case B
+  // bf16 (16 x 13,000 keys, 2 threads, settings alternated in one process, 15 rounds) 121-135
+  // against 151-160 thread-ns per key and head packed; in L3, 1 thread: 84-88 against 106-115;
+  // fp16 in L3: 107 against 255; R 6, D 1024, k = v, bf16: 630 against 710. BLAS needs fp32 rows.
+  constexpr bool same = std::is_same_v<scalar_t, acc_t>;
+  constexpr bool can_widen = kWidensInRegisters<scalar_t> && std::is_same_v<acc_t, float>;
+  const bool widen = can_widen && !use_blas;
+  const bool direct = same || widen;
   // keys per block: BLAS wants large GEMMs (48, 128, 256, 512 keys measured 673, 643, 623, 567 ms
   // median on case A in the row-major layout; bf16 packed: 256 and 512 keys within 1 %); the
   // tiles keep a block's rows in L2 between its two products
@@ -670,10 +733,10 @@ void forward_impl(const Problem& p, const at::Tensor& q, const at::Tensor& k, co
       // this block's K and V rows: in place (direct), else packed; head g at base + g * head, rows ld apart
       const acc_t *kbase = bf.kb.data(), *vbase = bf.kb.data();
       int64_t khead = cn * LD, kld = LD, vhead = cn * LV, vld = LV;
-      if (direct) {  // scalar_t == acc_t here
+      if (same) {
         kbase = reinterpret_cast<const acc_t*>(kr.row(c0, 0)), khead = kr.s1, kld = kr.s0;
         vbase = reinterpret_cast<const acc_t*>(vr.row(c0, 0)), vhead = vr.s1, vld = vr.s0;
-      } else {
+      } else if (!direct) {
         pack_block<scalar_t, acc_t>(kr, c0, cn, p.Hkv, D, LD, bf.kb.data());
         if (!p.k_is_v) {
           pack_block<scalar_t, acc_t>(vr, c0, cn, p.Hkv, Dv, LV, bf.vb.data());
@@ -700,20 +763,29 @@ void forward_impl(const Problem& p, const at::Tensor& q, const at::Tensor& k, co
           continue;
         }
         const acc_t* Qg = bf.q.data() + g * R * LD;
-        gemm_nt<acc_t>(R, cn, D, Qg, LD, Kg, kld, S, C, pf);  // scores
-
-        if (probs_p != nullptr) {  // raw scores now, normalised with the final lse afterwards
-          for (int64_t c = 0; c < cn; ++c) {
-            acc_t* dst = probs_p + (c0 + c) * HM + g * R;
-            for (int64_t r = 0; r < R; ++r) dst[r] = S[r * C + c];
+        // K and V rows of head g, as acc_t (in place or packed) or as 16-bit rows widened in registers
+        auto tiles = [&](const auto* Kb, int64_t kstride, const auto* Vb, int64_t vstride) {
+          gemm_nt<acc_t>(R, cn, D, Qg, LD, Kb, kstride, S, C, pf);  // scores
+          if (probs_p != nullptr) {  // raw scores now, normalised with the final lse afterwards
+            for (int64_t c = 0; c < cn; ++c) {
+              acc_t* dst = probs_p + (c0 + c) * HM + g * R;
+              for (int64_t r = 0; r < R; ++r) dst[r] = S[r * C + c];
+            }
+          }
+          for (int64_t r = 0; r < R; ++r) {  // (1) online softmax, row by row
+            acc_t* row = S + r * C;
+            fold_block_max(mg[r], lg[r], row_max(row, cn), Og + r * LV, Dv);
+            lg[r] += exp_sub_row<acc_t, false>(row, mg + r, cn);
+          }
+          gemm_nn_acc<acc_t>(R, Dv, cn, S, C, Vb, vstride, Og, LV, pf);  // O += P V
+        };
+        if constexpr (can_widen) {
+          if (widen) {
+            tiles(kr.row(c0, g), kr.s0, vr.row(c0, g), vr.s0);
+            continue;
           }
         }
-        for (int64_t r = 0; r < R; ++r) {  // (1) online softmax, row by row
-          acc_t* row = S + r * C;
-          fold_block_max(mg[r], lg[r], row_max(row, cn), Og + r * LV, Dv);
-          lg[r] += exp_sub_row<acc_t, false>(row, mg + r, cn);
-        }
-        gemm_nn_acc<acc_t>(R, Dv, cn, S, C, Vg, vld, Og, LV, pf);  // O += P V
+        tiles(Kg, kld, Vg, vld);
       }
     }
     for (int64_t r = 0; r < RH; ++r) {

@@ -130,20 +130,21 @@ def test_k_is_v_folded(dtype, device):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("D", [24, 32])  # 32: whole 16-byte chunks, the tensor-core path on CUDA
 @pytest.mark.parametrize("cpu_path", CPU_PATHS)  # CPU: BLAS reads strided float32 rows in place
-def test_non_contiguous_inputs(D, device, cpu_path, monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])  # CPU tiles: 16-bit rows in place
+def test_non_contiguous_inputs(D, dtype, device, cpu_path, monkeypatch):
     monkeypatch.setenv("PATHGEN_CPU_PATH", cpu_path)
     B, M, H, Hkv, lens = 3, 4, 6, 3, [40, 0, 77]
     g = torch.Generator().manual_seed(1)
     n = sum(lens)
     cu = po.cu_seqlens_from_lengths(lens).to(device)
-    q = torch.randn(B, H, M, D, generator=g).to(device).transpose(1, 2)  # [B, M, H, D], permuted strides
-    kv = torch.randn(n, Hkv, 2 * D + 8, generator=g).to(device)
+    q = torch.randn(B, H, M, D, generator=g).to(device, dtype).transpose(1, 2)  # [B, M, H, D], permuted strides
+    kv = torch.randn(n, Hkv, 2 * D + 8, generator=g).to(device, dtype)
     k, v = kv[..., :D], kv[..., D + 8:]  # sliced out of one packed tensor
-    kt = torch.randn(n, Hkv, D, generator=g).to(device).transpose(0, 2).contiguous().transpose(0, 2)  # last dim strided
+    kt = torch.randn(n, Hkv, D, generator=g).to(device, dtype).transpose(0, 2).contiguous().transpose(0, 2)  # last dim strided
     assert not q.is_contiguous() and not k.is_contiguous() and kt.stride(-1) != 1
     for kk in (k, kt):
         fused, twin, ref64 = run_all(q, kk, v, cu)
-        assert_rule(fused, twin, ref64, torch.float32)
+        assert_rule(fused, twin, ref64, dtype)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -223,9 +224,10 @@ def test_cuda_one_long_split(D, dtype, monkeypatch):
 
 @pytest.mark.parametrize("cpu_path", CPU_PATHS)
 @pytest.mark.parametrize("shape", ["uneven-empty-one", "gqa", "odd-dims", "tc-wide", "head-2048"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 def test_cpu_block_products(shape, dtype, cpu_path, monkeypatch):
-    """The CPU kernel's two ways to multiply a key block, each on every shape (whatever the default picks)."""
+    """The CPU kernel's two ways to multiply a key block, each on every shape (whatever the default picks);
+    the tiles read 16-bit rows in place, widened in registers, BLAS packs them."""
     monkeypatch.setenv("PATHGEN_CPU_PATH", cpu_path)
     q, k, v, cu = make(*SHAPES[shape], dtype)
     fused, twin, ref64 = run_all(q, k, v, cu)
