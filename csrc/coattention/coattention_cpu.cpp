@@ -239,35 +239,55 @@ struct AlignedAlloc {
 template <typename T>
 using Scratch = std::vector<T, AlignedAlloc<T>>;
 
-// Software prefetch of the next key block, a few cache lines per micro-kernel tile, so the
-// DRAM reads of block i + 1 overlap the arithmetic of block i (the hardware prefetchers do
-// not run ahead of a loop that first copies a block, then computes on it).
+// Software prefetch of the next key block, so the DRAM reads of block i + 1 overlap the
+// arithmetic of block i (the hardware prefetchers do not follow the tiles' reads: one head's rows
+// lie a key's whole row apart). The block's lines are spread evenly over the micro-kernels' inner
+// loop iterations (`rate` lines per iteration, 16.16 fixed point), about one at a time: a core has
+// few outstanding L1 misses, and the bursts of ~20 prefetches per tile of the scheme before held
+// them all for a DRAM round trip, stalling the tiles' own reads from L2. Case B, 16 x 13,000 keys,
+// 2 threads, the two schemes alternated in one process (fastest of 10-15 rounds, thread-ns per key
+// and head): fp32 136-141 against 182-191, bf16 86 against 105; R 6, D 1024, k = v, fp32: 672
+// against 852; 0.7x or 2x the even rate was slower. The backward (it packs its blocks) did not change.
 struct Prefetch {
   const char* p[2] = {nullptr, nullptr};
   const char* end[2] = {nullptr, nullptr};
-  int64_t lines_per_tick = 0;
+  uint32_t rate = 0, credit = 0;
   void set(int i, const void* begin, int64_t bytes) {
     p[i] = static_cast<const char*>(begin);
     end[i] = p[i] + bytes;
   }
   int64_t lines() const { return ((end[0] - p[0]) + (end[1] - p[1])) / 64 + 2; }
-  // The cursors live in registers for the burst: stepping p[i] in memory made every prefetch
-  // wait on the previous one's store (store-to-load forwarding). Case B with its keys in L3,
-  // 1 thread, the two builds in alternating processes: 90-114 against 142-153 ns per key and head.
-  inline void tick() {
-    int64_t n = lines_per_tick;
-    const char* a = p[0];
-    for (; n > 0 && a < end[0]; --n, a += 64) __builtin_prefetch(a, 0, 2);
-    const char* b = p[1];
-    for (; n > 0 && b < end[1]; --n, b += 64) __builtin_prefetch(b, 0, 2);
-    p[0] = a;
-    p[1] = b;
+};
+
+// A micro-kernel's copy of the prefetcher, in registers for its loop (stepping the cursors in
+// memory made every prefetch wait on the previous one's store); step() once per iteration.
+struct PrefetchCursor {
+  const char *a, *ae, *b, *be;
+  uint32_t rate, credit;
+  explicit PrefetchCursor(const Prefetch& pf)
+      : a(pf.p[0]), ae(pf.end[0]), b(pf.p[1]), be(pf.end[1]), rate(pf.rate), credit(pf.credit) {}
+  void store(Prefetch& pf) const { pf.p[0] = a, pf.p[1] = b, pf.rate = rate, pf.credit = credit; }
+  inline void step() {
+    credit += rate;
+    while (credit >= 65536u) {
+      credit -= 65536u;
+      if (a < ae) {
+        __builtin_prefetch(a, 0, 2);
+        a += 64;
+      } else if (b < be) {
+        __builtin_prefetch(b, 0, 2);
+        b += 64;
+      } else {
+        rate = credit = 0;  // the whole next block is requested
+      }
+    }
   }
 };
 
 // S[r, c] = sum_d A[r, d] B[c, d] for an RT x CT tile.
 template <typename T, typename Tb, int RT, int CT>
-inline void nt_tile(int64_t D, const T* A, int64_t lda, const Tb* B, int64_t ldb, T* S, int64_t lds) {
+inline void nt_tile(int64_t D, const T* A, int64_t lda, const Tb* B, int64_t ldb, T* S, int64_t lds, Prefetch& pf) {
+  PrefetchCursor pc(pf);
   using S_ = Simd<T>;
   using V = typename S_::V;
   constexpr int L = S_::L;
@@ -282,7 +302,9 @@ inline void nt_tile(int64_t D, const T* A, int64_t lda, const Tb* B, int64_t ldb
       const V a = S_::load(A + r * lda + d);
       for (int c = 0; c < CT; ++c) acc[r][c] += a * b[c];
     }
+    pc.step();
   }
+  pc.store(pf);
   for (int r = 0; r < RT; ++r) {
     for (int c = 0; c < CT; ++c) {
       T s = S_::hsum(acc[r][c]);
@@ -293,14 +315,15 @@ inline void nt_tile(int64_t D, const T* A, int64_t lda, const Tb* B, int64_t ldb
 }
 
 template <typename T, int CT, typename Tb>
-inline void nt_rows(int rt, int64_t D, const T* A, int64_t lda, const Tb* B, int64_t ldb, T* S, int64_t lds) {
+inline void nt_rows(int rt, int64_t D, const T* A, int64_t lda, const Tb* B, int64_t ldb, T* S, int64_t lds,
+                    Prefetch& pf) {
   switch (rt) {
-    case 6: nt_tile<T, Tb, 6, CT>(D, A, lda, B, ldb, S, lds); break;
-    case 5: nt_tile<T, Tb, 5, CT>(D, A, lda, B, ldb, S, lds); break;
-    case 4: nt_tile<T, Tb, 4, CT>(D, A, lda, B, ldb, S, lds); break;
-    case 3: nt_tile<T, Tb, 3, CT>(D, A, lda, B, ldb, S, lds); break;
-    case 2: nt_tile<T, Tb, 2, CT>(D, A, lda, B, ldb, S, lds); break;
-    default: nt_tile<T, Tb, 1, CT>(D, A, lda, B, ldb, S, lds); break;
+    case 6: nt_tile<T, Tb, 6, CT>(D, A, lda, B, ldb, S, lds, pf); break;
+    case 5: nt_tile<T, Tb, 5, CT>(D, A, lda, B, ldb, S, lds, pf); break;
+    case 4: nt_tile<T, Tb, 4, CT>(D, A, lda, B, ldb, S, lds, pf); break;
+    case 3: nt_tile<T, Tb, 3, CT>(D, A, lda, B, ldb, S, lds, pf); break;
+    case 2: nt_tile<T, Tb, 2, CT>(D, A, lda, B, ldb, S, lds, pf); break;
+    default: nt_tile<T, Tb, 1, CT>(D, A, lda, B, ldb, S, lds, pf); break;
   }
 }
 
@@ -316,7 +339,9 @@ inline __m128 hsum4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
 }
 
 template <int RT, typename Tb>
-inline void nt_quad(int64_t D, const float* A, int64_t lda, const Tb* B, int64_t ldb, float* S, int64_t lds) {
+inline void nt_quad(int64_t D, const float* A, int64_t lda, const Tb* B, int64_t ldb, float* S, int64_t lds,
+                    Prefetch& pf) {
+  PrefetchCursor pc(pf);
   __m256 acc[RT][4];
   for (int r = 0; r < RT; ++r)
     for (int c = 0; c < 4; ++c) acc[r][c] = _mm256_setzero_ps();
@@ -338,7 +363,9 @@ inline void nt_quad(int64_t D, const float* A, int64_t lda, const Tb* B, int64_t
         for (int r = 0; r < RT; ++r) acc[r][c] = _mm256_fmadd_ps(a[r], b, acc[r][c]);
       }
     }
+    pc.step();
   }
+  pc.store(pf);
   for (int r = 0; r < RT; ++r) {
     __m128 sum = hsum4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
     if (d < D) {  // head dims that are not a multiple of 8
@@ -353,11 +380,11 @@ inline void nt_quad(int64_t D, const float* A, int64_t lda, const Tb* B, int64_t
 
 template <typename Tb>
 inline void nt_quads(int64_t R, int64_t D, const float* A, int64_t lda, const Tb* B, int64_t ldb, float* S,
-                     int64_t lds) {
+                     int64_t lds, Prefetch& pf) {
   int64_t r0 = 0;
-  for (; r0 + 3 <= R; r0 += 3) nt_quad<3>(D, A + r0 * lda, lda, B, ldb, S + r0 * lds, lds);
-  if (R - r0 == 2) nt_quad<2>(D, A + r0 * lda, lda, B, ldb, S + r0 * lds, lds);
-  else if (R - r0 == 1) nt_quad<1>(D, A + r0 * lda, lda, B, ldb, S + r0 * lds, lds);
+  for (; r0 + 3 <= R; r0 += 3) nt_quad<3>(D, A + r0 * lda, lda, B, ldb, S + r0 * lds, lds, pf);
+  if (R - r0 == 2) nt_quad<2>(D, A + r0 * lda, lda, B, ldb, S + r0 * lds, lds, pf);
+  else if (R - r0 == 1) nt_quad<1>(D, A + r0 * lda, lda, B, ldb, S + r0 * lds, lds, pf);
 }
 #endif
 
@@ -366,16 +393,15 @@ template <typename T, typename Tb>
 void gemm_nt(int64_t R, int64_t C, int64_t D, const T* A, int64_t lda, const Tb* B, int64_t ldb, T* S,
              int64_t lds, Prefetch& pf) {
 #ifdef PATHGEN_NT_QUADS
-  if constexpr (std::is_same_v<T, float>) {  // 4 keys x all rows per tick, then the 6 x 2 tiles' tail
+  if constexpr (std::is_same_v<T, float>) {  // 4 keys x all rows at a time, then the 6 x 2 tiles' tail
     int64_t c0 = 0;
     for (; c0 + 4 <= C; c0 += 4) {
-      nt_quads(R, D, A, lda, B + c0 * ldb, ldb, S + c0, lds);
-      pf.tick();
+      nt_quads(R, D, A, lda, B + c0 * ldb, ldb, S + c0, lds, pf);
     }
     for (int64_t r0 = 0; r0 < R && c0 < C; r0 += kRowTile) {
       const int rt = static_cast<int>(std::min<int64_t>(kRowTile, R - r0));
       for (int64_t c = c0; c < C; ++c)
-        nt_rows<T, 1>(rt, D, A + r0 * lda, lda, B + c * ldb, ldb, S + r0 * lds + c, lds);
+        nt_rows<T, 1>(rt, D, A + r0 * lda, lda, B + c * ldb, ldb, S + r0 * lds + c, lds, pf);
     }
     return;
   }
@@ -384,24 +410,26 @@ void gemm_nt(int64_t R, int64_t C, int64_t D, const T* A, int64_t lda, const Tb*
     const int rt = static_cast<int>(std::min<int64_t>(kRowTile, R - r0));
     int64_t c0 = 0;
     for (; c0 + 2 <= C; c0 += 2) {
-      nt_rows<T, 2>(rt, D, A + r0 * lda, lda, B + c0 * ldb, ldb, S + r0 * lds + c0, lds);
-      pf.tick();
+      nt_rows<T, 2>(rt, D, A + r0 * lda, lda, B + c0 * ldb, ldb, S + r0 * lds + c0, lds, pf);
     }
-    if (c0 < C) nt_rows<T, 1>(rt, D, A + r0 * lda, lda, B + c0 * ldb, ldb, S + r0 * lds + c0, lds);
+    if (c0 < C) nt_rows<T, 1>(rt, D, A + r0 * lda, lda, B + c0 * ldb, ldb, S + r0 * lds + c0, lds, pf);
   }
 }
 
+// Inner-loop steps of gemm_nt (R x C scores over D), as its micro-kernels count them.
 template <typename T>
-inline int64_t nt_ticks(int64_t R, int64_t C) {
+inline int64_t nt_steps(int64_t R, int64_t C, int64_t D) {
+  const int64_t row_tiles = (R + kRowTile - 1) / kRowTile, d_steps = D / Simd<T>::L;
 #ifdef PATHGEN_NT_QUADS
-  if constexpr (std::is_same_v<T, float>) return C / 4;
+  if constexpr (std::is_same_v<T, float>) return (C / 4) * (R / 3 + (R % 3 != 0)) * (D / 8) + row_tiles * (C % 4) * d_steps;
 #endif
-  return (R + kRowTile - 1) / kRowTile * (C / 2);
+  return row_tiles * (C / 2 + C % 2) * d_steps;
 }
 
 // C[r, n] += sum_k A[r, k] B[k, n] for an RT x (NV vectors) tile.
 template <typename T, typename Tb, int RT, int NV>
-inline void nn_tile(int64_t K, const T* A, int64_t lda, const Tb* B, int64_t ldb, T* C, int64_t ldc) {
+inline void nn_tile(int64_t K, const T* A, int64_t lda, const Tb* B, int64_t ldb, T* C, int64_t ldc, Prefetch& pf) {
+  PrefetchCursor pc(pf);
   using S_ = Simd<T>;
   using V = typename S_::V;
   constexpr int L = S_::L;
@@ -415,20 +443,23 @@ inline void nn_tile(int64_t K, const T* A, int64_t lda, const Tb* B, int64_t ldb
       const T a = A[r * lda + k];  // vector * scalar: one vbroadcastss per row
       for (int v = 0; v < NV; ++v) acc[r][v] += b[v] * a;
     }
+    pc.step();
   }
+  pc.store(pf);
   for (int r = 0; r < RT; ++r)
     for (int v = 0; v < NV; ++v) S_::store(C + r * ldc + v * L, acc[r][v]);
 }
 
 template <typename T, int NV, typename Tb>
-inline void nn_rows(int rt, int64_t K, const T* A, int64_t lda, const Tb* B, int64_t ldb, T* C, int64_t ldc) {
+inline void nn_rows(int rt, int64_t K, const T* A, int64_t lda, const Tb* B, int64_t ldb, T* C, int64_t ldc,
+                    Prefetch& pf) {
   switch (rt) {
-    case 6: nn_tile<T, Tb, 6, NV>(K, A, lda, B, ldb, C, ldc); break;
-    case 5: nn_tile<T, Tb, 5, NV>(K, A, lda, B, ldb, C, ldc); break;
-    case 4: nn_tile<T, Tb, 4, NV>(K, A, lda, B, ldb, C, ldc); break;
-    case 3: nn_tile<T, Tb, 3, NV>(K, A, lda, B, ldb, C, ldc); break;
-    case 2: nn_tile<T, Tb, 2, NV>(K, A, lda, B, ldb, C, ldc); break;
-    default: nn_tile<T, Tb, 1, NV>(K, A, lda, B, ldb, C, ldc); break;
+    case 6: nn_tile<T, Tb, 6, NV>(K, A, lda, B, ldb, C, ldc, pf); break;
+    case 5: nn_tile<T, Tb, 5, NV>(K, A, lda, B, ldb, C, ldc, pf); break;
+    case 4: nn_tile<T, Tb, 4, NV>(K, A, lda, B, ldb, C, ldc, pf); break;
+    case 3: nn_tile<T, Tb, 3, NV>(K, A, lda, B, ldb, C, ldc, pf); break;
+    case 2: nn_tile<T, Tb, 2, NV>(K, A, lda, B, ldb, C, ldc, pf); break;
+    default: nn_tile<T, Tb, 1, NV>(K, A, lda, B, ldb, C, ldc, pf); break;
   }
 }
 
@@ -441,13 +472,12 @@ void gemm_nn_acc(int64_t R, int64_t Ncol, int64_t K, const T* A, int64_t lda, co
   for (; n0 + 2 * L <= Ncol; n0 += 2 * L) {
     for (int64_t r0 = 0; r0 < R; r0 += kRowTile)
       nn_rows<T, 2>(static_cast<int>(std::min<int64_t>(kRowTile, R - r0)), K, A + r0 * lda, lda, B + n0, ldb,
-                    C + r0 * ldc + n0, ldc);
-    pf.tick();
+                    C + r0 * ldc + n0, ldc, pf);
   }
   for (; n0 + L <= Ncol; n0 += L)
     for (int64_t r0 = 0; r0 < R; r0 += kRowTile)
       nn_rows<T, 1>(static_cast<int>(std::min<int64_t>(kRowTile, R - r0)), K, A + r0 * lda, lda, B + n0, ldb,
-                    C + r0 * ldc + n0, ldc);
+                    C + r0 * ldc + n0, ldc, pf);
   if (n0 < Ncol) {
     for (int64_t r = 0; r < R; ++r)
       for (int64_t k = 0; k < K; ++k) {
@@ -457,9 +487,11 @@ void gemm_nn_acc(int64_t R, int64_t Ncol, int64_t K, const T* A, int64_t lda, co
   }
 }
 
+// Inner-loop steps of gemm_nn_acc (R x Ncol over K).
 template <typename T>
-inline int64_t nn_ticks(int64_t Ncol) {
-  return Ncol / (2 * Simd<T>::L);
+inline int64_t nn_steps(int64_t R, int64_t Ncol, int64_t K) {
+  constexpr int L = Simd<T>::L;
+  return (Ncol / (2 * L) + (Ncol % (2 * L) >= L)) * ((R + kRowTile - 1) / kRowTile) * K;
 }
 
 // ---- how a key block's two products are computed ----------------------------------------
@@ -607,16 +639,17 @@ void pack_block(const Rows<scalar_t>& t, int64_t j0, int64_t n, int64_t Hkv, int
   }
 }
 
-// Prefetcher over the next block's keys [j0, j0 + n) (K, and V unless it is K), paced over
-// `ticks` micro-kernel tiles.
+// Prefetcher over the next block's keys [j0, j0 + n) (K, and V unless it is K), paced over the
+// `steps` inner-loop iterations of this block's micro-kernels.
 template <typename scalar_t>
 Prefetch next_block(const Rows<scalar_t>& kr, const Rows<scalar_t>& vr, bool k_is_v, int64_t j0, int64_t n,
-                    int64_t ticks) {
+                    int64_t steps) {
   Prefetch pf;
   if (n <= 0) return pf;
   pf.set(0, kr.row(j0, 0), n * kr.s0 * static_cast<int64_t>(sizeof(scalar_t)));
   if (!k_is_v) pf.set(1, vr.row(j0, 0), n * vr.s0 * static_cast<int64_t>(sizeof(scalar_t)));
-  pf.lines_per_tick = (pf.lines() + ticks - 1) / std::max<int64_t>(ticks, 1);
+  const int64_t rate = (pf.lines() * 65536 + steps - 1) / std::max<int64_t>(steps, 1);
+  pf.rate = static_cast<uint32_t>(std::min<int64_t>(rate, int64_t(1) << 30));
   return pf;
 }
 
@@ -746,7 +779,7 @@ void forward_impl(const Problem& p, const at::Tensor& q, const at::Tensor& k, co
       // the tiles stream the next block in during this one's arithmetic
       Prefetch pf = use_blas ? Prefetch{}
                              : next_block(kr, vr, p.k_is_v, c0 + cn, c_next,
-                                          p.Hkv * (nt_ticks<acc_t>(R, cn) + nn_ticks<acc_t>(Dv)));
+                                          p.Hkv * (nt_steps<acc_t>(R, cn, D) + nn_steps<acc_t>(R, Dv, cn)));
       for (int64_t g = 0; g < p.Hkv; ++g) {
         acc_t* Og = bf.o.data() + g * R * LV;
         acc_t* mg = bf.m.data() + g * R;
@@ -960,7 +993,10 @@ void backward_impl(const Problem& p, const at::Tensor& grad_out, const at::Tenso
         vbase = bf.vb.data();
       }
       Prefetch pf = next_block(kr, vr, p.k_is_v, c0 + cn, std::min(C, it.j1 - c0 - cn),
-                               p.Hkv * (2 * nt_ticks<acc_t>(R, cn) + 2 * nn_ticks<acc_t>(D) + nn_ticks<acc_t>(Dv)));
+                               p.Hkv * (nt_steps<acc_t>(R, cn, D) + (has_do ? nt_steps<acc_t>(R, cn, Dv) : 0) +
+                                        (gv_p != nullptr && has_do ? nn_steps<acc_t>(cn, Dv, R) : 0) +
+                                        (mask[0] ? nn_steps<acc_t>(R, D, cn) : 0) +
+                                        (gk_p != nullptr ? nn_steps<acc_t>(cn, D, R) : 0)));
       if (gk_p != nullptr) std::fill(bf.gkb.begin(), bf.gkb.begin() + cn * p.Hkv * D, acc_t(0));
       if (gv_p != nullptr) std::fill(bf.gvb.begin(), bf.gvb.begin() + cn * p.Hkv * Dv, acc_t(0));
       for (int64_t g = 0; g < p.Hkv; ++g) {
