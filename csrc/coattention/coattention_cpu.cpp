@@ -347,7 +347,7 @@ inline void nt_quad(int64_t D, const float* A, int64_t lda, const Tb* B, int64_t
     for (int c = 0; c < 4; ++c) acc[r][c] = _mm256_setzero_ps();
   int64_t d = 0;
   for (; d + 8 <= D; d += 8) {
-    if constexpr (std::is_same_v<Tb, float>) {  // 12 accumulators, 4 keys; the rows as memory operands
+    if constexpr (std::is_same_v<Tb, float>) {  // 12 accumulators: 4 keys loaded, each row against them
       __m256 b[4];
       for (int c = 0; c < 4; ++c) b[c] = _mm256_loadu_ps(B + c * ldb + d);
       for (int r = 0; r < RT; ++r) {
