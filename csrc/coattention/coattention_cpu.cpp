@@ -7,8 +7,8 @@
 // products are computed" below):
 //   wide groups:   S^T = K_blk Q^T (key-major scores) and O += P V_blk through BLAS, float32 key
 //                  rows read in place, 512-key blocks, column-wise online softmax;
-//   narrow groups: float32 rows read in place, bf16/fp16 rows too (widened to fp32 in registers;
-//                  the backward packs them, rows padded against 4 KiB set aliasing); the next
+//   narrow groups: float32 rows read in place, bf16 / fp16 (F16C) rows too (widened to fp32 in
+//                  registers; the backward packs them, rows padded against 4 KiB set aliasing); the next
 //                  block software-prefetched;
 //                  S = Qs K_blk^T (register-tiled dot products: 3 rows x 4 keys reduced by
 //                  vhaddps for float on AVX, else 6 x 2), row-wise online softmax,
@@ -247,22 +247,24 @@ using Scratch = std::vector<T, AlignedAlloc<T>>;
 // them all for a DRAM round trip, stalling the tiles' own reads from L2. Case B, 16 x 13,000 keys,
 // 2 threads, the two schemes alternated in one process (fastest of 10-15 rounds, thread-ns per key
 // and head): fp32 136-141 against 182-191, bf16 86 against 105; R 6, D 1024, k = v, fp32: 672
-// against 852; 0.7x or 2x the even rate was slower. The backward (it packs its blocks) did not change.
+// against 852; 0.7x or 2x the even rate was slower. The backward (it packs its blocks) ran no faster.
 struct Prefetch {
-  const char* p[2] = {nullptr, nullptr};
-  const char* end[2] = {nullptr, nullptr};
+  // addresses as integers: a strided view's last row ends before `end`, and prefetching past an
+  // allocation is harmless where pointer arithmetic past it is not
+  uintptr_t p[2] = {0, 0};
+  uintptr_t end[2] = {0, 0};
   uint32_t rate = 0, credit = 0;
   void set(int i, const void* begin, int64_t bytes) {
-    p[i] = static_cast<const char*>(begin);
-    end[i] = p[i] + bytes;
+    p[i] = reinterpret_cast<uintptr_t>(begin);
+    end[i] = p[i] + static_cast<uintptr_t>(bytes);
   }
-  int64_t lines() const { return ((end[0] - p[0]) + (end[1] - p[1])) / 64 + 2; }
+  int64_t lines() const { return static_cast<int64_t>((end[0] - p[0]) + (end[1] - p[1])) / 64 + 2; }
 };
 
 // A micro-kernel's copy of the prefetcher, in registers for its loop (stepping the cursors in
 // memory made every prefetch wait on the previous one's store); step() once per iteration.
 struct PrefetchCursor {
-  const char *a, *ae, *b, *be;
+  uintptr_t a, ae, b, be;
   uint32_t rate, credit;
   explicit PrefetchCursor(const Prefetch& pf)
       : a(pf.p[0]), ae(pf.end[0]), b(pf.p[1]), be(pf.end[1]), rate(pf.rate), credit(pf.credit) {}
@@ -272,10 +274,10 @@ struct PrefetchCursor {
     while (credit >= 65536u) {
       credit -= 65536u;
       if (a < ae) {
-        __builtin_prefetch(a, 0, 2);
+        __builtin_prefetch(reinterpret_cast<const void*>(a), 0, 2);
         a += 64;
       } else if (b < be) {
-        __builtin_prefetch(b, 0, 2);
+        __builtin_prefetch(reinterpret_cast<const void*>(b), 0, 2);
         b += 64;
       } else {
         rate = credit = 0;  // the whole next block is requested
@@ -726,7 +728,9 @@ void forward_impl(const Problem& p, const at::Tensor& q, const at::Tensor& k, co
   constexpr bool can_widen = kWidensInRegisters<scalar_t> && std::is_same_v<acc_t, float>;
   const bool widen = can_widen && !use_blas;
   const bool direct = same || widen;
-  // keys per block: BLAS wants large GEMMs (48, 128, 256, 512 keys measured 673, 643, 623, 567 ms
+  // keys per block (sized by fp32 rows, also for widened 16-bit ones: twice the keys was within noise
+  // on case B bf16, fastest and median 109 and 120 against 106 and 122 thread-ns per key and head):
+  // BLAS wants large GEMMs (48, 128, 256, 512 keys measured 673, 643, 623, 567 ms
   // median on case A in the row-major layout; bf16 packed: 256 and 512 keys within 1 %); the
   // tiles keep a block's rows in L2 between its two products
   const int64_t C = use_blas ? 512 : block_keys(p, sizeof(acc_t));
@@ -784,8 +788,8 @@ void forward_impl(const Problem& p, const at::Tensor& q, const at::Tensor& k, co
         acc_t* Og = bf.o.data() + g * R * LV;
         acc_t* mg = bf.m.data() + g * R;
         acc_t* lg = bf.l.data() + g * R;
-        const acc_t *Kg = kbase + g * khead, *Vg = vbase + g * vhead;
         if (use_blas) {
+          const acc_t *Kg = kbase + g * khead, *Vg = vbase + g * vhead;
           blas_nn(cn, R, D, Kg, kld, bf.q.data() + g * D * R, R, S, R);  // S^T [cn, R] = K_blk Q^T, scaled
           if (probs_p != nullptr)  // raw scores now, normalised with the final lse afterwards
             for (int64_t c = 0; c < cn; ++c) std::memcpy(probs_p + (c0 + c) * HM + g * R, S + c * R, R * sizeof(acc_t));
@@ -813,12 +817,12 @@ void forward_impl(const Problem& p, const at::Tensor& q, const at::Tensor& k, co
           gemm_nn_acc<acc_t>(R, Dv, cn, S, C, Vb, vstride, Og, LV, pf);  // O += P V
         };
         if constexpr (can_widen) {
-          if (widen) {
+          if (widen) {  // (kbase, vbase are empty buffers then)
             tiles(kr.row(c0, g), kr.s0, vr.row(c0, g), vr.s0);
             continue;
           }
         }
-        tiles(Kg, kld, Vg, vld);
+        tiles(kbase + g * khead, kld, vbase + g * vhead, vld);
       }
     }
     for (int64_t r = 0; r < RH; ++r) {
