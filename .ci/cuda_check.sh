@@ -28,8 +28,10 @@ export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2}
 out=$(mktemp -d)
 echo "[cuda-check] building pathgen with CUDA (archs $TORCH_CUDA_ARCH_LIST) against $("$CUDA_VENV/bin/python" -c 'import torch; print(torch.__version__)')"
 start=$(date +%s)
+# the CPU sources are compiled here without F16C, so the fp16 fallback of the CPU tiles (packing where
+# vcvtph2ps is missing) compiles in CI too; the default build has F16C (CMakeLists.txt)
 "$CUDA_VENV/bin/python" -m pip wheel -q --no-build-isolation --no-deps -w "$out" \
-  -Cbuild-dir="$ROOT/build/cuda-check" .
+  -Cbuild-dir="$ROOT/build/cuda-check" -Ccmake.define.PATHGEN_CPU_FLAGS="-mavx2;-mfma" .
 whl=$(ls "$out"/pathgen-*.whl)
 python3 - "$whl" <<'PY'
 import json, sys, zipfile
