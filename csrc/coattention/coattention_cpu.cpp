@@ -316,17 +316,24 @@ inline void nt_tile(int64_t D, const T* A, int64_t lda, const Tb* B, int64_t ldb
   }
 }
 
+// fn(std::integral_constant<int, rt>{}) for a tile height rt in 1 .. kRowTile, so each height is its
+// own unrolled kernel; fn is forced inline so the dispatch compiles as the switch it is.
+template <typename Fn>
+__attribute__((always_inline)) inline void with_rows(int rt, Fn&& fn) {
+  switch (rt) {
+    case 6: fn(std::integral_constant<int, 6>{}); break;
+    case 5: fn(std::integral_constant<int, 5>{}); break;
+    case 4: fn(std::integral_constant<int, 4>{}); break;
+    case 3: fn(std::integral_constant<int, 3>{}); break;
+    case 2: fn(std::integral_constant<int, 2>{}); break;
+    default: fn(std::integral_constant<int, 1>{}); break;
+  }
+}
+
 template <typename T, int CT, typename Tb>
 inline void nt_rows(int rt, int64_t D, const T* A, int64_t lda, const Tb* B, int64_t ldb, T* S, int64_t lds,
                     Prefetch& pf) {
-  switch (rt) {
-    case 6: nt_tile<T, Tb, 6, CT>(D, A, lda, B, ldb, S, lds, pf); break;
-    case 5: nt_tile<T, Tb, 5, CT>(D, A, lda, B, ldb, S, lds, pf); break;
-    case 4: nt_tile<T, Tb, 4, CT>(D, A, lda, B, ldb, S, lds, pf); break;
-    case 3: nt_tile<T, Tb, 3, CT>(D, A, lda, B, ldb, S, lds, pf); break;
-    case 2: nt_tile<T, Tb, 2, CT>(D, A, lda, B, ldb, S, lds, pf); break;
-    default: nt_tile<T, Tb, 1, CT>(D, A, lda, B, ldb, S, lds, pf); break;
-  }
+  with_rows(rt, [&](auto RT) __attribute__((always_inline)) { nt_tile<T, Tb, RT(), CT>(D, A, lda, B, ldb, S, lds, pf); });
 }
 
 #if defined(__AVX__) && defined(__FMA__)
@@ -455,14 +462,7 @@ inline void nn_tile(int64_t K, const T* A, int64_t lda, const Tb* B, int64_t ldb
 template <typename T, int NV, typename Tb>
 inline void nn_rows(int rt, int64_t K, const T* A, int64_t lda, const Tb* B, int64_t ldb, T* C, int64_t ldc,
                     Prefetch& pf) {
-  switch (rt) {
-    case 6: nn_tile<T, Tb, 6, NV>(K, A, lda, B, ldb, C, ldc, pf); break;
-    case 5: nn_tile<T, Tb, 5, NV>(K, A, lda, B, ldb, C, ldc, pf); break;
-    case 4: nn_tile<T, Tb, 4, NV>(K, A, lda, B, ldb, C, ldc, pf); break;
-    case 3: nn_tile<T, Tb, 3, NV>(K, A, lda, B, ldb, C, ldc, pf); break;
-    case 2: nn_tile<T, Tb, 2, NV>(K, A, lda, B, ldb, C, ldc, pf); break;
-    default: nn_tile<T, Tb, 1, NV>(K, A, lda, B, ldb, C, ldc, pf); break;
-  }
+  with_rows(rt, [&](auto RT) __attribute__((always_inline)) { nn_tile<T, Tb, RT(), NV>(K, A, lda, B, ldb, C, ldc, pf); });
 }
 
 // C[r, n] += sum_k A[r, k] B[k, n]   (R x Ncol; A row-major in k, B row-major in n)
