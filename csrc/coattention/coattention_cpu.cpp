@@ -239,6 +239,29 @@ struct AlignedAlloc {
 template <typename T>
 using Scratch = std::vector<T, AlignedAlloc<T>>;
 
+// dst[0, n) = src[0, n) with non-temporal stores where the type and alignment allow (the output
+// is not read again before a later pass, so it need not be read for ownership nor held in cache);
+// callers fence (_mm_sfence) before other threads read dst.
+template <typename T>
+inline void stream_copy(T* dst, const T* src, int64_t n) {
+#if defined(__AVX__)
+  if constexpr (std::is_same_v<T, float>) {
+    int64_t i = 0;
+    for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & 31) != 0; ++i) dst[i] = src[i];
+    for (; i + 8 <= n; i += 8) _mm256_stream_ps(dst + i, _mm256_loadu_ps(src + i));
+    for (; i < n; ++i) dst[i] = src[i];
+    return;
+  }
+#endif
+  std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(T));
+}
+
+inline void stream_fence() {
+#if defined(__AVX__)
+  _mm_sfence();
+#endif
+}
+
 // Software prefetch of the next key block, so the DRAM reads of block i + 1 overlap the
 // arithmetic of block i (the hardware prefetchers do not follow the tiles' reads: one head's rows
 // lie a key's whole row apart). The block's lines are spread evenly over the micro-kernels' inner
@@ -691,7 +714,7 @@ inline void fold_block_max(acc_t& m, acc_t& l, acc_t block_max, acc_t* o, int64_
 
 template <typename acc_t>
 struct FwdBuffers {
-  Scratch<acc_t> q, s, o, kb, vb, m, l, bmax;
+  Scratch<acc_t> q, s, o, kb, vb, m, l, bmax, pb;
 };
 
 // x[b] ([M, H, D], any strides) times `mult` into per-KV-head panels dst[g][d][r] ([Hkv, D, R]),
@@ -756,6 +779,12 @@ void forward_impl(const Problem& p, const at::Tensor& q, const at::Tensor& k, co
   proto.m.resize(RH);
   proto.l.resize(RH);
   proto.bmax.resize(R);
+  // a block's raw scores [cn, H M] (probs' layout) gathered head by head, then streamed out at once;
+  // not needed where the scores already lie that way (BLAS's key-major S with one KV head)
+  // (blocks whose scores would not fit L2 are written in place, as they come)
+  const bool probs_direct = use_blas && p.Hkv == 1;
+  const bool probs_buffered = p.return_probs && !probs_direct && C * HM * int64_t(sizeof(acc_t)) <= 256 * 1024;
+  proto.pb.resize(probs_buffered ? C * HM : 0);
 
   run_items(w, proto, [&](int64_t idx, FwdBuffers<acc_t>& bf) {
     const Item it = w.items[idx];
@@ -791,8 +820,12 @@ void forward_impl(const Problem& p, const at::Tensor& q, const at::Tensor& k, co
         if (use_blas) {
           const acc_t *Kg = kbase + g * khead, *Vg = vbase + g * vhead;
           blas_nn(cn, R, D, Kg, kld, bf.q.data() + g * D * R, R, S, R);  // S^T [cn, R] = K_blk Q^T, scaled
-          if (probs_p != nullptr)  // raw scores now, normalised with the final lse afterwards
-            for (int64_t c = 0; c < cn; ++c) std::memcpy(probs_p + (c0 + c) * HM + g * R, S + c * R, R * sizeof(acc_t));
+          if (probs_p != nullptr && probs_direct) {  // raw scores, normalised with the final lse afterwards
+            stream_copy(probs_p + c0 * HM, S, cn * R);
+          } else if (probs_p != nullptr) {
+            acc_t* dst = probs_buffered ? bf.pb.data() + g * R : probs_p + c0 * HM + g * R;
+            for (int64_t c = 0; c < cn; ++c) std::memcpy(dst + c * HM, S + c * R, R * sizeof(acc_t));
+          }
           col_max(S, cn, R, bf.bmax.data());  // (1) online softmax, all rows at once
           for (int64_t r = 0; r < R; ++r) fold_block_max(mg[r], lg[r], bf.bmax[r], Og + r * LV, Dv);
           exp_sub_cols(S, cn, R, mg, lg);
@@ -804,10 +837,9 @@ void forward_impl(const Problem& p, const at::Tensor& q, const at::Tensor& k, co
         auto tiles = [&](const auto* Kb, int64_t kstride, const auto* Vb, int64_t vstride) {
           gemm_nt<acc_t>(R, cn, D, Qg, LD, Kb, kstride, S, C, pf);  // scores
           if (probs_p != nullptr) {  // raw scores now, normalised with the final lse afterwards
-            for (int64_t c = 0; c < cn; ++c) {
-              acc_t* dst = probs_p + (c0 + c) * HM + g * R;
-              for (int64_t r = 0; r < R; ++r) dst[r] = S[r * C + c];
-            }
+            acc_t* dst = probs_buffered ? bf.pb.data() + g * R : probs_p + c0 * HM + g * R;
+            for (int64_t c = 0; c < cn; ++c)
+              for (int64_t r = 0; r < R; ++r) dst[c * HM + r] = S[r * C + c];
           }
           for (int64_t r = 0; r < R; ++r) {  // (1) online softmax, row by row
             acc_t* row = S + r * C;
@@ -824,7 +856,13 @@ void forward_impl(const Problem& p, const at::Tensor& q, const at::Tensor& k, co
         }
         tiles(kbase + g * khead, kld, vbase + g * vhead, vld);
       }
+      // the block's raw scores out with non-temporal stores: probs is written once here and read back
+      // once by the normalisation, so reading its lines for ownership first would only add traffic.
+      // Realistic case B with probs, alternating processes: fp32 127-158 ms against 141-185 (4 of 4
+      // pairs), bf16 93-105 against 110-151 (3 of 3).
+      if (probs_buffered) stream_copy(probs_p + c0 * HM, bf.pb.data(), cn * HM);
     }
+    if (probs_p != nullptr) stream_fence();  // before the merge's threads read probs
     for (int64_t r = 0; r < RH; ++r) {
       part_lse[idx * RH + r] = state_lse(bf.m[r], bf.l[r]);
       const acc_t inv = state_inv_sum(bf.l[r]);

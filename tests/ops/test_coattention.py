@@ -33,6 +33,9 @@ SHAPES = {
     "long-bag": (2, 6, 8, 1, 64, 64, [5000, 130]),
     "head-2048": (2, 6, 8, 1, 2048, 2048, [100, 37]),
 }
+# CPU only: 256 query rows per slide, so a key block's raw scores outgrow the forward's L2-sized
+# buffer and are written to `probs` in place (both block products)
+CPU_SHAPES = {**SHAPES, "many-rows": (2, 64, 4, 4, 16, 16, [700, 450])}
 # the CPU kernel's ways to multiply a key block (PATHGEN_CPU_PATH; csrc/coattention/coattention_cpu.cpp)
 CPU_PATHS = ["blas", "tiles"]
 
@@ -223,13 +226,13 @@ def test_cuda_one_long_split(D, dtype, monkeypatch):
 
 
 @pytest.mark.parametrize("cpu_path", CPU_PATHS)
-@pytest.mark.parametrize("shape", ["uneven-empty-one", "gqa", "odd-dims", "tc-wide", "head-2048"])
+@pytest.mark.parametrize("shape", ["uneven-empty-one", "gqa", "odd-dims", "tc-wide", "head-2048", "many-rows"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 def test_cpu_block_products(shape, dtype, cpu_path, monkeypatch):
     """The CPU kernel's two ways to multiply a key block, each on every shape (whatever the default picks);
     the tiles read 16-bit rows in place, widened in registers, BLAS packs them."""
     monkeypatch.setenv("PATHGEN_CPU_PATH", cpu_path)
-    q, k, v, cu = make(*SHAPES[shape], dtype)
+    q, k, v, cu = make(*CPU_SHAPES[shape], dtype)
     fused, twin, ref64 = run_all(q, k, v, cu)
     assert_rule(fused, twin, ref64, dtype)
 
