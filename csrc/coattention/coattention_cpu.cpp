@@ -256,6 +256,16 @@ inline void stream_copy(T* dst, const T* src, int64_t n) {
   std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(T));
 }
 
+// dst[0, n) = src[0, n) rounded to T (round to nearest even, as Tensor.to): streamed where T is acc_t.
+template <typename T, typename acc_t>
+inline void store_rows(T* dst, const acc_t* src, int64_t n) {
+  if constexpr (std::is_same_v<T, acc_t>) {
+    stream_copy(dst, src, n);
+  } else {
+    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(src[i]);
+  }
+}
+
 inline void stream_fence() {
 #if defined(__AVX__)
   _mm_sfence();
@@ -989,8 +999,10 @@ void backward_impl(const Problem& p, const at::Tensor& grad_out, const at::Tenso
   const Rows<scalar_t> kr{k.const_data_ptr<scalar_t>(), k.stride(0), k.stride(1)};
   const Rows<scalar_t> vr{v.const_data_ptr<scalar_t>(), v.stride(0), v.stride(1)};
   const acc_t* gp_p = has_gp ? grad_probs.const_data_ptr<acc_t>() : nullptr;
-  acc_t* gk_p = mask[1] ? gk.mutable_data_ptr<acc_t>() : nullptr;  // [N, Hkv, D]
-  acc_t* gv_p = mask[2] ? gv.mutable_data_ptr<acc_t>() : nullptr;  // [N, Hkv, Dv]
+  // [N, Hkv, D] and [N, Hkv, Dv] in the inputs' dtype: each split owns its keys' gradients whole,
+  // so they are final when a block is done and go out rounded once, with no fp32 copy to cast after
+  scalar_t* gk_p = mask[1] ? gk.mutable_data_ptr<scalar_t>() : nullptr;
+  scalar_t* gv_p = mask[2] ? gv.mutable_data_ptr<scalar_t>() : nullptr;
   std::vector<acc_t> part_dq(mask[0] ? static_cast<size_t>(n_items * RH * D) : 0, acc_t(0));
 
   BwdBuffers<acc_t> proto;
@@ -1108,10 +1120,12 @@ void backward_impl(const Problem& p, const at::Tensor& grad_out, const at::Tenso
           gemm_nn_acc<acc_t>(cn, D, R, T, R, Qg, LD, gkb_g, p.Hkv * D, pf);
         }
       }
-      // this split owns keys [c0, c0 + cn) of every head: one contiguous copy each
-      if (gk_p != nullptr) std::copy(bf.gkb.begin(), bf.gkb.begin() + cn * p.Hkv * D, gk_p + c0 * p.Hkv * D);
-      if (gv_p != nullptr) std::copy(bf.gvb.begin(), bf.gvb.begin() + cn * p.Hkv * Dv, gv_p + c0 * p.Hkv * Dv);
+      // this split owns keys [c0, c0 + cn) of every head: one contiguous copy each, non-temporal
+      // (written once, not read here again: no read for ownership)
+      if (gk_p != nullptr) store_rows(gk_p + c0 * p.Hkv * D, bf.gkb.data(), cn * p.Hkv * D);
+      if (gv_p != nullptr) store_rows(gv_p + c0 * p.Hkv * Dv, bf.gvb.data(), cn * p.Hkv * Dv);
     }
+    if (gk_p != nullptr || gv_p != nullptr) stream_fence();
   });
 
   if (mask[0]) {  // sum the splits' dq, times scale, into gq [B, M, H, D]
@@ -1150,10 +1164,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> coattention_backward_cpu(
   const std::vector<int64_t> offs = host_offsets(cu_seqlens, p.N);
   const at::Tensor k = last_dim_contiguous(k_in);
   const at::Tensor v = p.k_is_v ? k : last_dim_contiguous(v_in);
-  const auto acc_opts = q.options().dtype(stats_dtype(q.scalar_type()));
   at::Tensor gq = mask[0] ? at::empty(q.sizes(), q.options()) : at::empty({0}, q.options());
-  at::Tensor gk = mask[1] ? at::empty({p.N, p.Hkv, p.D}, acc_opts) : at::empty({0}, q.options());
-  at::Tensor gv = mask[2] ? at::empty({p.N, p.Hkv, p.Dv}, acc_opts) : at::empty({0}, q.options());
+  at::Tensor gk = mask[1] ? at::empty({p.N, p.Hkv, p.D}, q.options()) : at::empty({0}, q.options());
+  at::Tensor gv = mask[2] ? at::empty({p.N, p.Hkv, p.Dv}, q.options()) : at::empty({0}, q.options());
   const at::Tensor go = grad_out.has_value() ? grad_out->contiguous() : at::Tensor();
   const at::Tensor gl = grad_lse.has_value() ? grad_lse->contiguous() : at::Tensor();
   const at::Tensor gp = grad_probs.has_value() ? grad_probs->contiguous() : at::Tensor();
@@ -1163,8 +1176,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> coattention_backward_cpu(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "coattention_backward_cpu", [&] {
     backward_impl<scalar_t>(p, go, gl, gp, q, k, v, offs, o, l, pr, mask, gq, gk, gv);
   });
-  if (mask[1] && gk.scalar_type() != q.scalar_type()) gk = gk.to(q.scalar_type());
-  if (mask[2] && gv.scalar_type() != q.scalar_type()) gv = gv.to(q.scalar_type());
   return {gq, gk, gv};
 }
 

@@ -355,6 +355,15 @@ def test_opcheck():
                           (go, gl, gp, q.detach(), k.detach(), v.detach(), cu, out.detach(), lse.detach(),
                            probs.detach(), 0, 0.25, [True, False, True]),
                           test_utils=("test_schema", "test_faketensor"))
+    # 16-bit: the kernel writes dk and dv in the inputs' dtype, as the fake op says
+    q, k, v = (t.detach().bfloat16() for t in (q, k, v))
+    out, lse, probs = torch.ops.pathgen.coattention(q, k, v, cu, 0, 0.25, True)
+    grads = torch.ops.pathgen._coattention_backward(out, lse, probs, q, k, v, cu, out, lse, probs, 0, 0.25,
+                                                    [True, True, True])
+    assert [g.dtype for g in grads] == [torch.bfloat16] * 3
+    torch.library.opcheck(torch.ops.pathgen._coattention_backward.default,
+                          (out, lse, probs, q, k, v, cu, out, lse, probs, 0, 0.25, [True, True, True]),
+                          test_utils=("test_schema", "test_faketensor"))
 
 
 def test_torch_compile_fullgraph():
