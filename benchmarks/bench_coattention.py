@@ -95,30 +95,75 @@ def bag_lengths(cfg: Config) -> list[int]:
     return torch.randint(cfg.n_lo, cfg.n_hi + 1, (cfg.B,), generator=g).tolist()
 
 
+@dataclass
+class OpInputs:
+    lens: list[int]
+    cu: torch.Tensor  # [B + 1] int32
+    x: torch.Tensor  # [n, E] raw patch features (constant across diffusion steps)
+    q: torch.Tensor  # [B, M, H, D]
+    k: torch.Tensor  # [n, Hkv, D]
+    v: torch.Tensor  # [n, Hkv, D] (case A: the same tensor as k)
+    D: int
+
+    @property
+    def n(self) -> int:
+        return sum(self.lens)
+
+    @property
+    def n_max(self) -> int:
+        return max(self.lens)
+
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes of K and V, X once where k is v: what one pass over the keys must read."""
+        one = self.k.numel() * self.k.element_size()
+        return one if self.v is self.k else 2 * one
+
+
+def op_inputs(cfg: Config, dtype: torch.dtype, dev) -> OpInputs:
+    torch.manual_seed(0)
+    lens = bag_lengths(cfg)
+    cu = cu_seqlens_from_lengths(lens, device=dev)
+    n, B, M, H, E = sum(lens), cfg.B, cfg.M, cfg.H, cfg.E
+    x = torch.randn(n, E, device=dev, dtype=dtype)
+    if cfg.folded:  # op inputs as CoAttention's folded form builds them
+        D = E
+        q = torch.randn(B, M, H, D, device=dev, dtype=dtype) / math.sqrt(D)  # W_k,h^T q_h
+        k = v = x.unsqueeze(1)  # [n, 1, D]
+    else:
+        D = E // H
+        q = torch.randn(B, M, H, D, device=dev, dtype=dtype)
+        k = torch.randn(n, H, D, device=dev, dtype=dtype)  # [n, H, D] projected keys
+        v = torch.randn(n, H, D, device=dev, dtype=dtype)
+    return OpInputs(lens, cu, x, q, k, v, D)
+
+
+def padded_for_sdpa(q, k, v, cu, n_max):
+    """Inputs of padded SDPA: heads that share a KV head folded into the query rows (the best layout
+    for it), bags padded to n_max, an additive float mask. Returns qs [B, Hkv, M G, D], kp, vp
+    [B, Hkv, n_max, D] and the mask [B, 1, 1, n_max]."""
+    B, M, H, D = q.shape
+    Hkv = k.shape[1]
+    kp, mask = pad_bags(k, cu, n_max)  # [B, n_max, Hkv, D], [B, n_max]
+    vp = kp if v is k else pad_bags(v, cu, n_max)[0]
+    kp, vp = kp.transpose(1, 2), vp.transpose(1, 2)  # [B, Hkv, n_max, D]
+    qs = q.view(B, M, Hkv, H // Hkv, D).permute(0, 2, 1, 3, 4).reshape(B, Hkv, M * H // Hkv, D)
+    add_mask = torch.zeros(B, 1, 1, n_max, device=q.device, dtype=q.dtype).masked_fill(~mask[:, None, None, :],
+                                                                                     float("-inf"))
+    return qs, kp, vp, add_mask
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("cfg", CONFIGS)
 def test_coattention(benchmark, report, probe, bench_device, cfg: Config, dtype):
     if not has_kernel("coattention", bench_device):
         pytest.skip(f"no fused coattention kernel for {bench_device}")
     dev = bench_device
-    torch.manual_seed(0)
-    lens = bag_lengths(cfg)
-    cu = cu_seqlens_from_lengths(lens, device=dev)
-    n, n_max, B, M, H, E = sum(lens), max(lens), cfg.B, cfg.M, cfg.H, cfg.E
-    x = torch.randn(n, E, device=dev, dtype=dtype)  # [n, E] raw patch features (constant across steps)
+    inp = op_inputs(cfg, dtype, dev)
+    cu, x, q, k, v, D = inp.cu, inp.x, inp.q, inp.k, inp.v, inp.D
+    n, n_max, B, M, H, E = inp.n, inp.n_max, cfg.B, cfg.M, cfg.H, cfg.E
     query = torch.randn(B, M, E, device=dev, dtype=dtype)  # [B, M, E] gene-family tokens
-    if cfg.folded:  # op inputs as CoAttention's folded form builds them
-        D = E
-        q = torch.randn(B, M, H, D, device=dev, dtype=dtype) / math.sqrt(D)  # W_k,h^T q_h
-        k = v = x.unsqueeze(1)  # [n, 1, D]
-        nbytes = n * D * x.element_size()
-    else:
-        D = E // H
-        q = torch.randn(B, M, H, D, device=dev, dtype=dtype)
-        k = torch.randn(n, H, D, device=dev, dtype=dtype)  # [n, H, D] projected keys
-        v = torch.randn(n, H, D, device=dev, dtype=dtype)
-        nbytes = 2 * n * H * D * x.element_size()
-    Hkv = k.shape[1]
+    nbytes = inp.kv_bytes
     scale = D**-0.5
     fmas = 2 * n * M * H * D
 
@@ -129,13 +174,7 @@ def test_coattention(benchmark, report, probe, bench_device, cfg: Config, dtype)
     torch.testing.assert_close(got[0].float(), want[0].float(), atol=tol, rtol=tol)
     torch.testing.assert_close(got[2], want[2], atol=tol * 1e-2, rtol=tol)
 
-    # padded SDPA: heads that share a KV head are folded into the query rows, the best layout for it
-    kp, mask = pad_bags(k, cu, n_max)  # [B, n_max, Hkv, D], [B, n_max]
-    vp = kp if v is k else pad_bags(v, cu, n_max)[0]
-    kp, vp = kp.transpose(1, 2), vp.transpose(1, 2)  # [B, Hkv, n_max, D]
-    qs = q.view(B, M, Hkv, H // Hkv, D).permute(0, 2, 1, 3, 4).reshape(B, Hkv, M * H // Hkv, D)
-    add_mask = torch.zeros(B, 1, 1, n_max, device=dev, dtype=dtype).masked_fill(~mask[:, None, None, :],
-                                                                               float("-inf"))
+    qs, kp, vp, add_mask = padded_for_sdpa(q, k, v, cu, n_max)
 
     # nn.MultiheadAttention with projections and weights, slide by slide, and its replacement
     mha = torch.nn.MultiheadAttention(E, H, batch_first=True, device=dev, dtype=dtype).eval()
@@ -192,3 +231,80 @@ def test_coattention(benchmark, report, probe, bench_device, cfg: Config, dtype)
         threads=torch.get_num_threads(), n_total=n)
     report(f"coattention[{cfg.case},B{B},n{cfg.n_lo}-{cfg.n_hi},{'Hkv1,D' if cfg.folded else 'Hkv8,D'}{D},"
            f"{str(dtype).split('.')[-1]},{dev.type}]", **{k: v for k, v in figures.items() if v is not None})
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("cfg", CONFIGS)
+def test_coattention_backward(benchmark, report, probe, bench_device, cfg: Config, dtype):
+    """A training step's co-attention: forward (no probs) and backward, as the generator and the
+    predictor train through it. Case A (folded): only the queries W_k,h^T q_h take gradients, X is
+    data. Case B (unfolded): q, K and V all do (their projections train).
+
+    Alternatives: the twin under autograd, and padded SDPA forward + backward with the padded K and V
+    as leaves (padding and its undo not timed, as in the forward benchmark). Floor: the bytes the two
+    passes must move at least (K and V, or X, read by each pass; dK and dV written) over the read probe;
+    multiply-adds: 2 M H D per key forward, 3 backward (scores again, dP, dQ) plus 2 for dK and dV.
+    """
+    if not has_kernel("coattention", bench_device):
+        pytest.skip(f"no fused coattention kernel for {bench_device}")
+    dev = bench_device
+    inp = op_inputs(cfg, dtype, dev)
+    cu, q, D = inp.cu, inp.q.requires_grad_(), inp.D
+    n, n_max, B, M, H = inp.n, inp.n_max, cfg.B, cfg.M, cfg.H
+    if cfg.folded:
+        k = v = inp.k
+        leaves = (q,)
+    else:
+        k, v = inp.k.requires_grad_(), inp.v.requires_grad_()
+        leaves = (q, k, v)
+    scale = D**-0.5
+    g_out = torch.randn(B, M, H, D, device=dev, dtype=dtype)  # dL/d out
+    kv_grads = not cfg.folded
+    nbytes = 2 * inp.kv_bytes + (inp.kv_bytes if kv_grads else 0)
+    fmas = n * M * H * D * (2 + 3 + (2 if kv_grads else 0))
+
+    def step(fn):
+        out = fn()
+        return torch.autograd.grad(out, leaves, g_out)
+
+    def fused():
+        return step(lambda: coattention(q, k, v, cu, n_max, scale=scale)[0])
+
+    def twin():
+        return step(lambda: coattention_ref(q, k, v, cu, n_max, scale=scale)[0])
+
+    # correctness first: fused gradients vs the twin's
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    for got, want in zip(fused(), twin()):
+        torch.testing.assert_close(got.float(), want.float(), atol=tol, rtol=tol)
+
+    with torch.no_grad():
+        qs0, kp0, vp0, add_mask = padded_for_sdpa(q, k, v, cu, n_max)
+    qs = qs0.clone().requires_grad_()
+    kp = kp0 if cfg.folded else kp0.clone().requires_grad_()
+    vp = kp if cfg.folded else vp0.clone().requires_grad_()
+    sdpa_leaves = (qs,) if cfg.folded else (qs, kp, vp)
+    g_sdpa = torch.randn(qs.shape, device=dev, dtype=dtype)
+
+    def sdpa():
+        o = F.scaled_dot_product_attention(qs, kp, vp, attn_mask=add_mask, scale=scale)
+        return torch.autograd.grad(o, sdpa_leaves, g_sdpa)
+
+    fns = {"fused": fused, "twin": twin, "sdpa": sdpa}
+    realistic = cfg.n_hi > 10000
+    best = interleaved_best(fns, dev, min_rounds=3 if realistic else 5, max_rounds=3 if realistic else 50,
+                            min_time=0.0 if realistic else 1.0, warmup=1)
+    benchmark.pedantic(fused, rounds=3 if realistic else 10, warmup_rounds=1)
+    sync(dev)
+
+    t = best["fused"]
+    ceiling = compute_ceiling_gfmas(dev, dtype)
+    pct_roofline, bound = roofline_pct(nbytes, fmas, t, probe.read_gbs, ceiling)
+    report(f"coattention_backward[{cfg.case},B{B},n{cfg.n_lo}-{cfg.n_hi},{'Hkv1,D' if cfg.folded else 'Hkv8,D'}{D},"
+           f"{str(dtype).split('.')[-1]},{dev.type}]",
+           fused_ms=t * 1e3, twin_ms=best["twin"] * 1e3, sdpa_ms=best["sdpa"] * 1e3,
+           speedup_vs_twin=best["twin"] / t, speedup_vs_sdpa=best["sdpa"] / t,
+           GBps=nbytes / t / 1e9, pct_of_floor=100 * floor_fraction(nbytes, t, probe.read_gbs),
+           GFMAps=fmas / t / 1e9, pct_of_fma_probe=100 * fmas / t / 1e9 / fma_probe_gfmas(dev),
+           pct_of_roofline=pct_roofline, roofline_bound=bound, ceiling_GFMAps=ceiling,
+           threads=torch.get_num_threads(), n_total=n, grads="q" if cfg.folded else "q,k,v")

@@ -5,7 +5,7 @@
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]      (OUT_DIR defaults to $OUT, else ./gpu_check_out)
 #
-# PATHGEN_GPU_STAGES picks stages (default: all): build smoke tests plans bench generator cohort.
+# PATHGEN_GPU_STAGES picks stages (default: all): build smoke tests plans bench backward generator cohort.
 # Each stage runs under `timeout` (PATHGEN_GPU_STAGE_S, default 300 s) so one slow stage cannot eat a lease.
 # Only a handful of files are written to OUT_DIR (a device lease returns at most 8); work dirs go to /tmp.
 #
@@ -20,7 +20,7 @@ export PATHGEN_CUDA=on
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$("$PY" -c 'import torch; p=torch.cuda.get_device_capability(); print(f"{p[0]}.{p[1]}")')}
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-16}
 export PYTHONUNBUFFERED=1
-STAGES=${PATHGEN_GPU_STAGES:-build smoke tests plans bench generator cohort}
+STAGES=${PATHGEN_GPU_STAGES:-build smoke tests plans bench backward generator cohort}
 STAGE_S=${PATHGEN_GPU_STAGE_S:-300}
 want() { [[ " $STAGES " == *" $1 "* ]]; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT_DIR/gpu.txt" || true
@@ -75,9 +75,17 @@ if want bench; then
   echo "== timings"
   bench=(benchmarks/bench_denoise_step.py benchmarks/bench_coattention.py)
   want generator && bench+=(benchmarks/bench_generator.py)
-  timeout "$STAGE_S" "$PY" -m pytest -q -p no:cacheprovider "${bench[@]}" \
+  # the training-step (backward) benchmarks are their own stage, so a slow one cannot cost these timings
+  timeout "$STAGE_S" "$PY" -m pytest -q -p no:cacheprovider "${bench[@]}" -k "not backward" \
     --bench-device cuda --bench-size "${PATHGEN_GPU_BENCH_SIZE:-all}" --benchmark-json "$OUT_DIR/benchmarks-gpu.json" 2>&1 \
     | tee "$OUT_DIR/bench.txt" | grep -A60 "pathgen benchmark figures" || true
+fi
+if want backward; then
+  echo "== timings: co-attention forward + backward (a training step)"
+  timeout "$STAGE_S" "$PY" -m pytest -q -p no:cacheprovider benchmarks/bench_coattention.py -k backward \
+    --bench-device cuda --bench-size "${PATHGEN_GPU_BENCH_SIZE:-all}" \
+    --benchmark-json "$OUT_DIR/benchmarks-gpu-backward.json" 2>&1 \
+    | tee "$OUT_DIR/backward.txt" | grep -A20 "pathgen benchmark figures" || true
 fi
 echo "JSON: $OUT_DIR/benchmarks-gpu.json"
 echo "  save it as a baseline:  python benchmarks/compare.py save gpu-h100 --from-json $OUT_DIR/benchmarks-gpu.json"
@@ -99,6 +107,8 @@ if [ -n "${PATHGEN_GPU_BASELINE:-}" ]; then
   echo "compare exit status: ${PIPESTATUS[0]}" | tee -a "$OUT_DIR/compare.txt"
   set -e
 fi
-[ -f "$OUT_DIR/benchmarks-gpu.json" ] && "$PY" benchmarks/compare.py report "$OUT_DIR/benchmarks-gpu.json" \
+jsons=()
+for j in "$OUT_DIR/benchmarks-gpu.json" "$OUT_DIR/benchmarks-gpu-backward.json"; do if [ -f "$j" ]; then jsons+=("$j"); fi; done
+[ ${#jsons[@]} -gt 0 ] && "$PY" benchmarks/compare.py report "${jsons[@]}" \
   --out /tmp/gpu-report > /dev/null 2>&1 && cp /tmp/gpu-report/speedups.md "$OUT_DIR/" \
   && echo "speedup table: $OUT_DIR/speedups.md" || echo "(no report)"
