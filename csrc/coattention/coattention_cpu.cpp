@@ -790,8 +790,8 @@ void forward_impl(const Problem& p, const at::Tensor& q, const at::Tensor& k, co
   proto.l.resize(RH);
   proto.bmax.resize(R);
   // a block's raw scores [cn, H M] (probs' layout) gathered head by head, then streamed out at once;
-  // not needed where the scores already lie that way (BLAS's key-major S with one KV head)
-  // (blocks whose scores would not fit L2 are written in place, as they come)
+  // not needed where the scores already lie that way (BLAS's key-major S with one KV head); blocks
+  // whose scores would not fit L2 are written in place, head by head
   const bool probs_direct = use_blas && p.Hkv == 1;
   const bool probs_buffered = p.return_probs && !probs_direct && C * HM * int64_t(sizeof(acc_t)) <= 256 * 1024;
   proto.pb.resize(probs_buffered ? C * HM : 0);
@@ -820,6 +820,8 @@ void forward_impl(const Problem& p, const at::Tensor& q, const at::Tensor& k, co
         }
       }
       // the tiles stream the next block in during this one's arithmetic
+      // where this block's raw scores go, [cn, H M] rows H M apart (head g at + g R)
+      acc_t* scores_out = probs_p == nullptr ? nullptr : probs_buffered ? bf.pb.data() : probs_p + c0 * HM;
       Prefetch pf = use_blas ? Prefetch{}
                              : next_block(kr, vr, p.k_is_v, c0 + cn, c_next,
                                           p.Hkv * (nt_steps<acc_t>(R, cn, D) + nn_steps<acc_t>(R, Dv, cn)));
@@ -830,11 +832,10 @@ void forward_impl(const Problem& p, const at::Tensor& q, const at::Tensor& k, co
         if (use_blas) {
           const acc_t *Kg = kbase + g * khead, *Vg = vbase + g * vhead;
           blas_nn(cn, R, D, Kg, kld, bf.q.data() + g * D * R, R, S, R);  // S^T [cn, R] = K_blk Q^T, scaled
-          if (probs_p != nullptr && probs_direct) {  // raw scores, normalised with the final lse afterwards
-            stream_copy(probs_p + c0 * HM, S, cn * R);
-          } else if (probs_p != nullptr) {
-            acc_t* dst = probs_buffered ? bf.pb.data() + g * R : probs_p + c0 * HM + g * R;
-            for (int64_t c = 0; c < cn; ++c) std::memcpy(dst + c * HM, S + c * R, R * sizeof(acc_t));
+          if (scores_out != nullptr && probs_direct) {  // raw scores, normalised with the final lse afterwards
+            stream_copy(scores_out, S, cn * R);
+          } else if (scores_out != nullptr) {
+            for (int64_t c = 0; c < cn; ++c) std::memcpy(scores_out + c * HM + g * R, S + c * R, R * sizeof(acc_t));
           }
           col_max(S, cn, R, bf.bmax.data());  // (1) online softmax, all rows at once
           for (int64_t r = 0; r < R; ++r) fold_block_max(mg[r], lg[r], bf.bmax[r], Og + r * LV, Dv);
@@ -846,8 +847,8 @@ void forward_impl(const Problem& p, const at::Tensor& q, const at::Tensor& k, co
         // K and V rows of head g, as acc_t (in place or packed) or as 16-bit rows widened in registers
         auto tiles = [&](const auto* Kb, int64_t kstride, const auto* Vb, int64_t vstride) {
           gemm_nt<acc_t>(R, cn, D, Qg, LD, Kb, kstride, S, C, pf);  // scores
-          if (probs_p != nullptr) {  // raw scores now, normalised with the final lse afterwards
-            acc_t* dst = probs_buffered ? bf.pb.data() + g * R : probs_p + c0 * HM + g * R;
+          if (scores_out != nullptr) {  // raw scores now, normalised with the final lse afterwards
+            acc_t* dst = scores_out + g * R;
             for (int64_t c = 0; c < cn; ++c)
               for (int64_t r = 0; r < R; ++r) dst[c * HM + r] = S[r * C + c];
           }
