@@ -483,14 +483,15 @@ delta_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__
 }
 
 // (3) one warp per (key j, KV head g): p and dS of every row sharing g (into scratch [N, H, M]),
-// then dk_j = sum_r dS_rj (scale q_r) and dv_j = sum_r p_rj dO_r.
+// then dk_j = sum_r dS_rj (scale q_r) and dv_j = sum_r p_rj dO_r, accumulated in acc_t and rounded
+// once into the inputs' dtype (each (j, g) is owned by one warp, so no fp32 copy and cast is needed).
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
 key_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k, const scalar_t* __restrict__ v,
            const scalar_t* __restrict__ grad_out, const acc_t* __restrict__ grad_probs,
            const acc_t* __restrict__ lse, const acc_t* __restrict__ delta, const int32_t* __restrict__ cu,
-           acc_t* __restrict__ p_scratch, acc_t* __restrict__ ds_scratch, acc_t* __restrict__ grad_k,
-           acc_t* __restrict__ grad_v, Dims d) {
+           acc_t* __restrict__ p_scratch, acc_t* __restrict__ ds_scratch, scalar_t* __restrict__ grad_k,
+           scalar_t* __restrict__ grad_v, Dims d) {
   const int64_t item = blockIdx.x * static_cast<int64_t>(kWarps) + threadIdx.x / 32;
   if (item >= d.N * d.Hkv) return;
   const int lane = threadIdx.x % 32;
@@ -524,7 +525,7 @@ key_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k, const
         const int64_t m = r / d.G, h = g * d.G + r % d.G, x = (b * d.M + m) * d.H + h;
         a += ds_scratch[(j * d.H + h) * d.M + m] * static_cast<acc_t>(q[x * d.D + e]);
       }
-      grad_k[(j * d.Hkv + g) * d.D + e] = a * scale;
+      grad_k[(j * d.Hkv + g) * d.D + e] = static_cast<scalar_t>(a * scale);
     }
   }
   if (grad_v != nullptr && grad_out != nullptr) {
@@ -534,7 +535,7 @@ key_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k, const
         const int64_t m = r / d.G, h = g * d.G + r % d.G, x = (b * d.M + m) * d.H + h;
         a += p_scratch[(j * d.H + h) * d.M + m] * static_cast<acc_t>(grad_out[x * d.Dv + e]);
       }
-      grad_v[(j * d.Hkv + g) * d.Dv + e] = a;
+      grad_v[(j * d.Hkv + g) * d.Dv + e] = static_cast<scalar_t>(a);
     }
   }
 }
@@ -575,8 +576,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> coattention_backward_cuda(
   const auto st = stats_dtype(q.scalar_type());
   const auto acc_opts = q.options().dtype(st);
   at::Tensor gq = mask[0] ? at::zeros({p.B, p.M, p.H, p.D}, acc_opts) : at::empty({0}, q.options());
-  at::Tensor gk = mask[1] ? at::empty({p.N, p.Hkv, p.D}, acc_opts) : at::empty({0}, q.options());
-  at::Tensor gv = mask[2] ? at::zeros({p.N, p.Hkv, p.Dv}, acc_opts) : at::empty({0}, q.options());
+  // dK and dV in the inputs' dtype, written once by key_kernel (dV stays zero without grad_out)
+  at::Tensor gk = mask[1] ? at::empty({p.N, p.Hkv, p.D}, q.options()) : at::empty({0}, q.options());
+  at::Tensor gv = mask[2] ? at::zeros({p.N, p.Hkv, p.Dv}, q.options()) : at::empty({0}, q.options());
   if (p.R == 0 && mask[1]) gk.zero_();  // no query rows (M or H = 0): no gradient reaches the keys
   if (p.B == 0 || p.R == 0 || !(mask[0] || mask[1] || mask[2])) return {gq, gk, gv};
 
@@ -610,8 +612,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> coattention_backward_cuda(
       key_kernel<scalar_t, acc_t><<<static_cast<unsigned>((warps + kWarps - 1) / kWarps), kThreads, 0, stream>>>(
           q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(), go_p, gp_p,
           l.const_data_ptr<acc_t>(), delta.const_data_ptr<acc_t>(), cp, p_scratch.mutable_data_ptr<acc_t>(),
-          ds_scratch.mutable_data_ptr<acc_t>(), mask[1] ? gk.mutable_data_ptr<acc_t>() : nullptr,
-          mask[2] ? gv.mutable_data_ptr<acc_t>() : nullptr, d);
+          ds_scratch.mutable_data_ptr<acc_t>(), mask[1] ? gk.mutable_data_ptr<scalar_t>() : nullptr,
+          mask[2] ? gv.mutable_data_ptr<scalar_t>() : nullptr, d);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       if (mask[0]) {
         const dim3 grid(static_cast<unsigned>(p.B * p.M * p.H), static_cast<unsigned>(d.n_splits));
@@ -621,9 +623,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> coattention_backward_cuda(
       }
     }
   });
-  if (mask[0]) gq = gq.to(q.scalar_type());
-  if (mask[1] && gk.scalar_type() != q.scalar_type()) gk = gk.to(q.scalar_type());
-  if (mask[2] && gv.scalar_type() != q.scalar_type()) gv = gv.to(q.scalar_type());
+  if (mask[0]) gq = gq.to(q.scalar_type());  // dq sums over splits by atomics, so in acc_t until here
   return {gq, gk, gv};
 }
 
