@@ -85,6 +85,45 @@ def strata_labels(cases: pd.DataFrame, by: Sequence[str] = ("grade", "event"), m
     return labels
 
 
+def carve_validation(train: Sequence[str], cases: pd.DataFrame, fraction: float, seed: int
+                     ) -> tuple[list[str], list[str]]:
+    """Split ``train`` into (train, val), ``val`` ~ ``fraction`` of it, stratified by grade and event."""
+    from sklearn.model_selection import train_test_split
+
+    ids = np.asarray(sorted(train), dtype=object)
+    if fraction <= 0 or len(ids) < 4:
+        return list(ids), []
+    known = cases.reindex(ids)
+    labels = strata_labels(known, ("grade", "event"), min_count=2)
+    n_val = max(2, int(round(fraction * len(ids))))
+    try:
+        tr, va = train_test_split(ids, test_size=n_val, stratify=labels, random_state=seed)
+    except ValueError:  # a stratum too small for the requested size
+        tr, va = train_test_split(ids, test_size=n_val, random_state=seed)
+    return sorted(tr), sorted(va)
+
+
+def resolve_folds(folds: Sequence[Fold], cases: pd.DataFrame, inner_val_fraction: float, seed: int) -> list[Fold]:
+    """Make every fold have a test part and a validation part disjoint from it.
+
+    Folds with a ``test`` part are kept as they are. MCAT/PORPOISE folds (``train``, ``val`` only,
+    where ``val`` is the held-out fold the results are reported on) become
+    ``test = val`` and ``val`` = a stratified ``inner_val_fraction`` of ``train``. ``load_cohort``
+    applies this when it reads such a split, so the generator and the predictor of a run select
+    their checkpoints on the same validation patients and never on the reported fold.
+    """
+    out = []
+    for f in folds:
+        if f.test:
+            out.append(f)
+            continue
+        tr, va = carve_validation(f.train, cases, inner_val_fraction, seed + f.k)
+        nf = Fold(f.k, tr, va, list(f.calibration), list(f.val))
+        nf.check_disjoint(f"fold {f.k}")
+        out.append(nf)
+    return out
+
+
 def _stratified_take(ids: np.ndarray, labels: np.ndarray, fraction: float, rng: np.random.Generator
                      ) -> tuple[np.ndarray, np.ndarray]:
     """Take ``round(fraction * n)`` ids spread over strata proportionally; return (taken, rest)."""

@@ -9,15 +9,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import warnings
 from pathlib import Path
 
 import pandas as pd
 
 from pathgen.data.expression import read_expression
 from pathgen.data.families import GeneFamilies, load_gene_families
-from pathgen.data.manifest import Manifest, read_manifest
+from pathgen.data.manifest import Manifest, check_cohort, read_manifest
 from pathgen.data.expression import read_table
-from pathgen.data.splits import Fold, make_folds
+from pathgen.data.splits import Fold, make_folds, resolve_folds
 from pathgen.data.splits import read_splits as read_mcat_splits
 from pathgen.utils.io import atomic_write_text
 
@@ -66,13 +67,24 @@ def load_cohort(args: argparse.Namespace, *, families: GeneFamilies | None = Non
     if families is None:
         families, _ = load_gene_families(expression.columns, getattr(args, "signatures", None))
     feats = manifest.features_paths(getattr(args, "features", None))
-    if args.splits is not None and Path(args.splits).exists():
-        sp = Path(args.splits)
-        folds = read_splits(sp) if sp.suffix == ".json" else read_mcat_splits(sp)
+    # patients with slides but no expression (or the reverse) are listed in a warning, never dropped
+    # silently; with none in common the two files cannot be the same cohort's
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # re-issued below, naming the two files
+        check = check_cohort(manifest, expression)
+    both = check.cases_with_both
+    if check.slides_without_expression or check.expression_without_slides:
+        warnings.warn(f"{args.manifest} vs {expr_src}: {check.format()}; only patients with both are put in "
+                      "folds (check the ids match if this is unexpected)", UserWarning, stacklevel=2)
+    if not both:
+        raise ValueError(f"{args.manifest} and {expr_src}: no patient has both slides and expression "
+                         f"(manifest ids e.g. {manifest.case_ids[:3]}, expression ids e.g. "
+                         f"{list(map(str, expression.index[:3]))}); fix: use one cohort's files, with the same "
+                         "TCGA patient ids (12 characters, no sample suffix) in both")
+    if args.splits is not None:
+        folds = read_folds(Path(args.splits), manifest, seed=args.seed, manifest_path=args.manifest)
     else:
-        keep = [c for c in manifest.case_ids if c in expression.index]
-        cases = manifest.cases().loc[keep]
-        folds = make_folds(cases, n_folds=args.n_folds, seed=args.seed)
+        folds = make_folds(manifest.cases().loc[both], n_folds=args.n_folds, seed=args.seed)
     if write_splits is not None:
         save_splits(write_splits, folds)
     return Cohort(manifest=manifest, expression=expression, families=families, features=feats, folds=folds)
@@ -80,6 +92,30 @@ def load_cohort(args: argparse.Namespace, *, families: GeneFamilies | None = Non
 
 def save_splits(path: Path, folds: list[Fold]) -> None:
     atomic_write_text(path, json.dumps({"folds": [f.to_dict() for f in folds]}, indent=1))
+
+
+# MCAT/PORPOISE folds carry no validation part of their own (their ``val`` column is the reported,
+# held-out fold): one is carved from ``train``, the same fraction the predictor used to carve.
+INNER_VAL_FRACTION = 0.15
+
+
+def read_folds(path: Path, manifest: Manifest, *, seed: int, manifest_path: Path | str = "the manifest") -> list[Fold]:
+    """Folds from ``--splits``: a run's ``splits.json`` as written, or a folder (or file) of MCAT/PORPOISE
+    ``splits_{k}.csv`` resolved to train / val / test (``test`` = MCAT's held-out ``val`` column)."""
+    if not path.exists():
+        raise FileNotFoundError(f"--splits {path}: no such file or folder; fix: pass the splits.json the run's first "
+                                "job wrote (e.g. <generator out>/splits.json) or a folder of MCAT splits_{k}.csv, "
+                                "or leave --splits out to make new folds")
+    if path.suffix == ".json":
+        return read_splits(path)
+    folds = read_mcat_splits(path)
+    known = set(manifest.case_ids)
+    unknown = sorted({c for f in folds for ids in f.parts().values() for c in ids if c not in known})
+    if unknown:
+        warnings.warn(f"{path}: {len(unknown)} case ids are not in {manifest_path} (e.g. {unknown[:3]}); they are "
+                      "left out of every part. If most are missing, this is another cohort's split.",
+                      UserWarning, stacklevel=3)
+    return resolve_folds(folds, manifest.cases(), INNER_VAL_FRACTION, seed)
 
 
 def read_splits(path: Path) -> list[Fold]:

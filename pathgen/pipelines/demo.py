@@ -84,7 +84,8 @@ class Stages:
 
 def _cohort_args(run: Path, cfg: DemoConfig) -> argparse.Namespace:
     return argparse.Namespace(manifest=run / "cohort" / "manifest.csv", expression=run / "cohort" / "expression.csv",
-                              signatures=None, features=run / "features", splits=run / "splits.json",
+                              signatures=None, features=run / "features",
+                              splits=run / "splits.json" if (run / "splits.json").exists() else None,
                               n_folds=cfg.n_folds, seed=cfg.seed)
 
 
