@@ -142,21 +142,46 @@ def test_several_slides_per_case_give_one_patient_prediction(tmp_path):
 
 
 def test_mcat_split_folder_holds_out_val(tiny, tmp_path):
+    """MCAT's ``val`` column is the reported fold: it becomes ``test`` when the cohort is loaded (so the
+    generator's checkpoint selection cannot see it either) and validation is carved from ``train``."""
     ids = sorted(pd.read_csv(tiny["manifest"])["case_id"])
     sdir = tmp_path / "splits"
     sdir.mkdir()
+    orig = {}
     for k in range(2):
         held = ids[k::2][:8]
         train = [c for c in ids if c not in held]
+        orig[k] = (train, held)
         pd.DataFrame({"train": pd.Series(train), "val": pd.Series(held)}).to_csv(sdir / f"splits_{k}.csv")
     cohort = cohort_of(tiny, splits=sdir)
-    assert [f.k for f in cohort.folds] == [0, 1] and not cohort.folds[0].test
+    assert [f.k for f in cohort.folds] == [0, 1]
+    for f in cohort.folds:
+        train, held = orig[f.k]
+        assert f.test == held  # MCAT's val column is the held-out fold
+        assert f.val and set(f.val) < set(train) and not set(f.val) & set(f.train)
+        assert set(f.train) | set(f.val) == set(train)
     out = tmp_path / "run"
     tp.train_predictor_cv(cohort, tp.PredictorOptions(model="expression", **FAST), out, progress=False)
     resolved = json.loads((out / "splits.json").read_text())["folds"]
-    for f, orig in zip(resolved, cohort.folds):
-        assert f["test"] == orig.val  # MCAT's val column is the held-out fold
-        assert set(f["val"]) < set(orig.train) and not set(f["val"]) & set(f["train"])
-        assert set(f["train"]) | set(f["val"]) == set(orig.train)
+    assert resolved == [f.to_dict() for f in cohort.folds]  # the predictor uses the parts every job sees
     m = json.loads((out / "metrics.json").read_text())
     assert [f["n_test"] for f in m["folds"]] == [8, 8]
+
+
+def test_cohort_refuses_missing_splits_and_disjoint_ids(tiny, tmp_path):
+    """A mistyped --splits is an error (not silently fresh folds); expression ids that match no slide's
+    patient are listed, and with none in common loading stops, naming both files."""
+    with pytest.raises(FileNotFoundError, match=r"--splits .*typo.*no such file.*fix"):
+        cohort_of(tiny, splits=tmp_path / "typo" / "splits.json")
+    expr = pd.read_csv(tiny["expression"]).set_index("case_id")
+    suffixed = expr.set_axis([f"{c}-01" if i % 3 == 0 else c for i, c in enumerate(expr.index)])
+    part = tmp_path / "expr_part.csv"
+    suffixed.rename_axis("case_id").to_csv(part)
+    with pytest.warns(UserWarning, match=r"expression but no slide.*-01"):
+        cohort = cohort_of(tiny, expression=part)
+    in_folds = {c for f in cohort.folds for ids in f.parts().values() for c in ids}
+    assert in_folds == set(suffixed.index) & set(expr.index)
+    none = tmp_path / "expr_none.csv"
+    expr.set_axis([f"{c}-01" for c in expr.index]).rename_axis("case_id").to_csv(none)
+    with pytest.raises(ValueError, match=r"expr_none\.csv: no patient has both"):
+        cohort_of(tiny, expression=none)
