@@ -51,13 +51,22 @@ _STOP = object()
 
 # ----------------------------------------------------------------------------- inputs, plan, ledger
 def read_inputs(manifest: Path, features: Path | None) -> pd.DataFrame:
-    """Rows ``slide_id, case_id, kind (bag|slide), path`` in manifest order (duplicates dropped)."""
+    """Rows ``slide_id, case_id, kind (bag|slide), path`` in manifest order.
+
+    Slide ids lose a slide file extension (``<id>.svs`` -> ``<id>``, as ``read_manifest`` and ``pathgen
+    embed`` name ``<id>.h5``); a slide id listed twice is an error, since which row wins would be a guess.
+    """
+    from pathgen.data.manifest import strip_slide_extension
+
     m = pd.read_csv(manifest, dtype=str)
     if "slide_id" not in m.columns:
         raise ValueError(f"{manifest}: needs a slide_id column, found {list(m.columns)}")
+    ids = m["slide_id"].map(strip_slide_extension)
+    dup = ids[ids.duplicated()].unique().tolist()
+    if dup:
+        raise ValueError(f"{manifest}: slide ids listed more than once (e.g. {dup[:3]}); fix: keep one row per slide")
     rows = []
-    for _, r in m.iterrows():
-        sid = str(r["slide_id"])
+    for sid, (_, r) in zip(ids, m.iterrows()):
         fp = r.get("features_path")
         sp = r.get("slide_path")
         if isinstance(fp, str) and fp:
@@ -74,7 +83,7 @@ def read_inputs(manifest: Path, features: Path | None) -> pd.DataFrame:
         case = r.get("case_id")
         rows.append({"slide_id": sid, "case_id": case if isinstance(case, str) else sid, "kind": kind,
                      "path": str(path)})
-    return pd.DataFrame(rows).drop_duplicates("slide_id").reset_index(drop=True)
+    return pd.DataFrame(rows, columns=["slide_id", "case_id", "kind", "path"])
 
 
 def slide_cost(kind: str, path: str) -> int:
@@ -115,6 +124,44 @@ def read_ledger(out: Path) -> dict[str, dict]:
             except (OSError, ValueError, KeyError):
                 continue  # unreadable -> pending
     return led
+
+
+SETTINGS = "settings.json"
+_RESULT_SETTINGS = ("samples", "steps", "mode", "eta", "guidance_scale", "seed",
+                    "encoder", "encoder_weights", "target_mpp", "patch_size", "mpp", "mpp_csv")
+
+
+def run_settings(args: argparse.Namespace) -> dict:
+    """What the numbers of a run depend on: the checkpoint's bytes and the sampling (and, for slide
+    inputs, the patching and embedding) settings. ``--batch-slides``, ``--chunk`` and threads change
+    only float rounding or speed, so they are left out."""
+    from pathgen.features.encoder import file_sha256
+
+    d = {k: getattr(args, k, None) for k in _RESULT_SETTINGS}
+    d["mpp_csv"] = file_sha256(d["mpp_csv"]) if d["mpp_csv"] is not None else None
+    return {"checkpoint_sha256": file_sha256(args.model), **d}
+
+
+def check_settings(out: Path, settings: dict) -> str | None:
+    """Record the run's settings in ``<out>/settings.json``, or, when ``out`` already holds a run, return
+    an error message if they differ: resuming would merge samples made under other settings."""
+    path = out / SETTINGS
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            old = None
+        if old != settings:
+            diff = sorted(k for k in settings.keys() | (old or {}).keys()
+                          if (old or {}).get(k) != settings.get(k)) if isinstance(old, dict) else ["(unreadable)"]
+            return (f"{out} already holds a synthesis made with other settings (differ: {', '.join(diff)}; see "
+                    f"{path}); fix: pass a new --out, or delete {out} to start over with these settings")
+        return None
+    if (out / LEDGER).is_dir() and any((out / LEDGER).glob("*.json")):
+        return (f"{out} holds a ledger but no {SETTINGS} (written by an older pathgen), so a resume cannot be checked "
+                f"against its settings; fix: pass a new --out, or delete {out} to start over")
+    atomic_write_text(path, json.dumps(settings, indent=1, default=str))
+    return None
 
 
 def stable_seed(seed: int, slide_id: str) -> int:
@@ -164,8 +211,10 @@ def sample_streams(model, schedule, ctx, gens, *, samples: int, steps: int, mode
 class SlideReader:
     """Reads bags (or patches + embeds slide files) in a thread, ``prefetch`` items ahead."""
 
-    def __init__(self, items: list[dict], args: argparse.Namespace, out: Path, prefetch: int):
+    def __init__(self, items: list[dict], args: argparse.Namespace, out: Path, prefetch: int,
+                 mpp_table: dict[str, float] | None = None):
         self.items, self.args, self.out = items, args, out
+        self.mpp_table = mpp_table or {}  # slide_id -> level-0 µm/px (--mpp-csv)
         self.q: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
         self._encoder = None
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -193,10 +242,11 @@ class SlideReader:
         work = self.out / "work"
         slide = sb.Slide(it["slide_id"], Path(it["path"]))
         opts = PatchOptions(target_mpp=a.target_mpp, patch_size=a.patch_size)
-        pres = run_patch_stage(work, slide, opts, MPPChoice())
+        mpp = MPPChoice(self.mpp_table.get(slide.slide_id), a.mpp)
+        pres = run_patch_stage(work, slide, opts, mpp)
         if pres.state == "failed":
             raise RuntimeError(pres.error or "patching failed")
-        embed_one(slide, work, self._encoder, opts, MPPChoice(), a.embed_batch_size, 0, "cpu", False)
+        embed_one(slide, work, self._encoder, opts, mpp, a.embed_batch_size, 0, "cpu", False)
         fpath = feature_paths(work, slide.slide_id, False)[0]
         feats, _ = read_h5_bag(fpath)
         if not a.keep_features:
@@ -261,7 +311,7 @@ def write_part(out: Path, rank: int, n: int, rows: list[dict], genes: list[str])
 
 
 def run_rank(args: argparse.Namespace, out: Path, rank: int, items: list[dict], model, transform, genes: list[str],
-             dev) -> dict:
+             dev, mpp_table: dict[str, float] | None = None) -> dict:
     import torch
     from tqdm.auto import tqdm
 
@@ -325,7 +375,7 @@ def run_rank(args: argparse.Namespace, out: Path, rank: int, items: list[dict], 
         if crash_after and processed >= crash_after:
             os._exit(17)  # simulated crash: no flush, no cleanup
 
-    reader = SlideReader(items, args, out, args.prefetch)
+    reader = SlideReader(items, args, out, args.prefetch, mpp_table)
     t_wait = time.perf_counter()
     for it, feats, err, read_s in reader:
         acc["read_s"] += read_s
@@ -414,6 +464,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--target-mpp", type=float, default=0.5)
     g.add_argument("--patch-size", type=int, default=256)
     g.add_argument("--keep-features", action="store_true", help="keep <out>/work/features/<slide_id>.h5")
+    g.add_argument("--mpp", type=float, default=None, help="level-0 µm/px for slides whose metadata has none")
+    g.add_argument("--mpp-csv", type=Path, default=None,
+                   help="CSV slide_id,mpp: level-0 µm/px per slide (overrides the metadata)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -432,11 +485,30 @@ def main(args: argparse.Namespace) -> int:
         dev = torch.device(args.device)
         if dev.type == "cuda" and dev.index is None:
             dev = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
-    inputs = read_inputs(Path(args.manifest), args.features)
+    from pathgen.pipelines import slide_batch as sb
+    from pathgen.pipelines.patch import mpp_overrides
+
+    try:
+        args.mpp, mpp_table = mpp_overrides(args)
+        if args.target_mpp is None or not args.target_mpp > 0 or not np.isfinite(args.target_mpp):
+            raise sb.UsageError(f"--target-mpp must be a positive number, got {args.target_mpp}")
+        inputs = read_inputs(Path(args.manifest), args.features)
+    except (sb.UsageError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        d.close()
+        return sb.EXIT_USAGE
     order = inputs["slide_id"].tolist()
+    unknown = sorted(set(mpp_table) - set(order))
+    if unknown and d.rank == 0:
+        print(f"warning: {args.mpp_csv}: {len(unknown)} slide ids match no slide of {args.manifest} "
+              f"(e.g. {unknown[:3]}); their MPP is not used", file=sys.stderr)
     plan = None
     if d.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
+        error = check_settings(out, run_settings(args))
+        if error is not None:
+            plan = {"error": error}
+    if plan is None and d.rank == 0:
         led = read_ledger(out)
         skip = {s for s, st in led.items()
                 if st.get("state") == "done" or (st.get("state") == "failed" and not args.retry_failed)}
@@ -444,6 +516,11 @@ def main(args: argparse.Namespace) -> int:
         costs = {r.slide_id: slide_cost(r.kind, r.path) for r in todo.itertuples()}
         plan = {"shards": shard_lpt(costs, d.world), "costs": costs, "skipped": len(skip)}
     plan = d.broadcast(plan)
+    if "error" in plan:
+        if d.rank == 0:
+            print(f"error: {plan['error']}", file=sys.stderr)
+        d.close()
+        return sb.EXIT_USAGE
     mine = set(plan["shards"][d.rank])
     pos = {sid: i for i, sid in enumerate(plan["shards"][d.rank])}  # LPT order: biggest first
     items = sorted((r for r in inputs.to_dict("records") if r["slide_id"] in mine), key=lambda r: pos[r["slide_id"]])
@@ -451,7 +528,7 @@ def main(args: argparse.Namespace) -> int:
     model, fam, transform = model_from_checkpoint(ckpt, dev)
     model.eval()
     genes = list(fam.columns)
-    stats = run_rank(args, out, d.rank, items, model, transform, genes, dev)
+    stats = run_rank(args, out, d.rank, items, model, transform, genes, dev, mpp_table)
     stats["planned_patches"] = int(sum(plan["costs"][s] for s in mine))
     all_stats = d.gather(stats)
     d.barrier()

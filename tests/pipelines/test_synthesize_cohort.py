@@ -155,3 +155,37 @@ def test_corrupt_bag_failed_rest_complete_and_retry(setup):
     assert len(pd.read_csv(out / "synthesized.csv")) == 8
     assert _run_inproc(paths, ckpt, out, "--retry-failed", features=feats) == 0
     pd.testing.assert_frame_equal(ref_t, pd.read_csv(out / "synthesized.csv"), check_exact=True)
+
+
+def test_resume_with_other_settings_refused(setup, capsys):
+    """A re-run into the same --out with another seed / sample count / checkpoint would merge old samples
+    under the new settings: it stops with a message naming what differs, and changes nothing."""
+    root, paths, ckpt, ref = setup
+    before = (ref / "synthesized.csv").read_bytes()
+    assert _run_inproc(paths, ckpt, ref, "--seed", "7") == 1
+    err = capsys.readouterr().err
+    assert "other settings" in err and "seed" in err and "fix: pass a new --out" in err
+    other = root / "other.pt"
+    other.write_bytes(ckpt.read_bytes() + b"\0")
+    assert _run_inproc(paths, other, ref) == 1
+    assert "checkpoint_sha256" in capsys.readouterr().err
+    assert (ref / "synthesized.csv").read_bytes() == before
+
+
+def test_slide_ids_with_extension_and_duplicates(setup, tmp_path, capsys):
+    """MCAT-style tables name slides ``<id>.svs``; ``embed`` writes ``<id>.h5``: the extension is dropped
+    (as read_manifest does). A slide listed twice is an error, not a silent choice."""
+    root, paths, ckpt, ref = setup
+    m = pd.read_csv(paths["manifest"])
+    m["slide_id"] = m["slide_id"] + ".svs"
+    man = tmp_path / "mcat.csv"
+    m.to_csv(man, index=False)
+    out = tmp_path / "ext"
+    assert cli_main(["synthesize-cohort", str(man), "--features", str(paths["features"]), "--model", str(ckpt),
+                     "--out", str(out), *COMMON]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(ref / "synthesized.csv"), pd.read_csv(out / "synthesized.csv"),
+                                  check_exact=True)
+    pd.concat([m, m.iloc[:1]]).to_csv(man, index=False)
+    assert cli_main(["synthesize-cohort", str(man), "--features", str(paths["features"]), "--model", str(ckpt),
+                     "--out", str(tmp_path / "dup"), *COMMON]) == 1
+    assert "listed more than once" in capsys.readouterr().err
