@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from pathgen.report.attention import AttentionMaps, attention_files, read_attention_h5
 from pathgen.report.heatmaps import (HeatmapStyle, SlideCanvas, family_grid, save_png, single_map_figure,
                                      slide_canvas, slug, top_k_montage)
+from pathgen.slides.errors import SlideError
 from pathgen.utils.io import atomic_path, atomic_write_text
 
 
@@ -284,7 +285,7 @@ def run_heatmaps(out: Path, manifest: Path, attention: Path | None = None, featu
                                  "`pathgen synthesize --save-attention`") from e
             slides = maps.slide_ids if maps is not None else sids
             entry = heatmaps_for_case(maps, case, slides, lookup, out, style, top_k, block, pm)
-        except (OSError, ValueError, KeyError) as e:
+        except (OSError, ValueError, KeyError, SlideError) as e:  # one bad slide or file skips its patient
             index["failed"][case] = f"{type(e).__name__}: {e}"
             print(f"heatmap: {case}: skipped ({e})", file=sys.stderr)
             continue

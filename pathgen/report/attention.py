@@ -121,7 +121,8 @@ def attention_files(source: str | os.PathLike) -> list[Path]:
     p = Path(source)
     if p.is_file():
         return [p]
-    files = sorted(p.glob("*.h5")) if p.is_dir() else []
+    # dot files are other writers' temp files (utils.io.atomic_path), not finished attention files
+    files = sorted(f for f in p.glob("*.h5") if not f.name.startswith(".")) if p.is_dir() else []
     if not files:
         raise FileNotFoundError(f"{p}: no attention .h5 files; write them with `pathgen synthesize ... "
                                 "--save-attention` (they land in <out>/attention/)")

@@ -326,3 +326,21 @@ def test_distributed_and_coattention_with_expression():
     assert att.shape == (7, 2) and np.allclose(att.sum(0), 1.0, atol=1e-6)  # one bag: columns sum to 1 over patches
     with pytest.raises(ValueError, match="expression"):
         distributed_predictions(model, cfg, feats, None)
+
+
+def test_cli_corrupt_slide_fails_its_patient_only_and_temp_files_are_ignored(tmp_path, slide, bag):
+    """A slide file that cannot be opened fails that patient (exit 2, named in index.json) while the
+    others are drawn; an interrupted writer's temp file in the attention folder is not a patient."""
+    manifest, feats_dir, att_dir = _write_inputs(tmp_path, slide, bag)
+    bad = tmp_path / "slides" / "missing-slide.tif"
+    bad.parent.mkdir()
+    bad.write_bytes(slide.read_bytes()[:4096])  # a truncated copy: the header survives, the image does not
+    pd.DataFrame({"case_id": ["P1", "P2"], "slide_id": ["synthetic-slide", "missing-slide"],
+                  "slide_path": [str(slide), str(bad)]}).to_csv(manifest, index=False)
+    (att_dir / ".P3.h5.abc123.tmp.h5").write_bytes(b"half written")
+    out = tmp_path / "heatmaps"
+    rc = _cli(["--attention", str(att_dir), "--manifest", str(manifest), "--out", str(out), "--thumb-size", "128",
+               "--top-k", "0", "--block", "0"])
+    index = json.loads((out / "index.json").read_text())
+    assert rc == 2 and list(index["failed"]) == ["P2"] and "missing-slide.tif" in index["failed"]["P2"]
+    assert "P1" in index["cases"] and not any(".tmp" in c for c in [*index["cases"], *index["failed"]])
