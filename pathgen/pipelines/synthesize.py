@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -176,6 +177,11 @@ def main(args: argparse.Namespace) -> int:
         args.splits = cand if cand.exists() else None
     cohort = load_cohort(args)
     ids = select_cases(cohort, args.cases, ckpt.get("fold_k"))
+    seen = sorted(set(ids) & set(ckpt.get("train_case_ids") or []))
+    if seen:  # their synthetic expression is not held-out: evaluating on it would flatter the generator
+        print(f"warning: {len(seen)} of the {len(ids)} selected patients trained {args.model[0]} (e.g. {seen[:3]}); "
+              "their synthesized expression must not be used to evaluate models on held-out patients "
+              "(use --cases test, or the generator of the fold that held them out)", file=sys.stderr)
     table = synthesize(args.model, cohort, ids, args.out, samples=args.samples, steps=args.steps, mode=args.mode,
                        eta=args.eta, guidance_scale=args.guidance_scale, seed=args.seed, batch_size=args.batch_size,
                        device=args.device, save_attention=args.save_attention)
