@@ -5,6 +5,7 @@ import dataclasses
 import json
 import math
 
+import numpy as np
 import torch
 
 
@@ -64,8 +65,14 @@ class NoiseSchedule:
 
 
 def ddim_timesteps(num_train_timesteps: int, num_steps: int) -> list[int]:
-    """Evenly spaced descending timesteps ("leading" spacing, as diffusers' DDIM), ending at 0."""
+    """Evenly spaced descending timesteps starting at T - 1 ("trailing" spacing, Lin et al. 2024,
+    diffusers' ``timestep_spacing="trailing"``); the sampler's last step goes to t = -1 (x0).
+
+    The "leading" spacing ``range(0, steps * (T // steps), T // steps)`` starts at ``steps - 1`` for any
+    ``steps`` above T / 2 (and well below T - 1 when steps does not divide T): the sampler would then
+    start from pure noise at a t whose x_t still holds sqrt(abar_t) x0 of signal, biasing every sample.
+    """
     if not 1 <= num_steps <= num_train_timesteps:
         raise ValueError(f"num_steps must lie in [1, {num_train_timesteps}], got {num_steps}")
-    stride = num_train_timesteps // num_steps
-    return list(range(0, num_steps * stride, stride))[::-1]
+    T = num_train_timesteps
+    return [int(t) for t in np.round(np.arange(T, 0, -T / num_steps)).astype(np.int64) - 1]
