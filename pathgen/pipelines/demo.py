@@ -300,8 +300,11 @@ def _conformal_arm(cal: pd.DataFrame, test: pd.DataFrame, mode: str, alpha: floa
         pred = cp.predict_sets(calib, test[prob_cols].to_numpy(), input_mode=mode,
                                labels=test["grade_index"].to_numpy())
         d = pred.to_dict()
-        res[f"grade_{score}"] = {"coverage": d.get("coverage"), "mean_set_size": d.get("mean_set_size"),
-                                 "per_class": d.get("per_class"), "qhat": calib.to_dict().get("qhat")}
+        covered, truth = np.asarray(pred.covered, dtype=float), test["grade_index"].to_numpy()
+        per_class = {str(c): {"n": int((truth == c).sum()), "coverage": float(np.nanmean(covered[truth == c]))}
+                     for c in sorted(set(truth.tolist())) if np.isfinite(covered[truth == c]).any()}
+        res[f"grade_{score}"] = {"coverage": d["coverage"], "mean_set_size": d["mean_set_size"],
+                                 "per_class": per_class, "qhat": calib.to_dict()["quantiles"]}
         prow[f"covered_{score}"] = np.asarray(pred.covered, dtype=float)
         prow[f"set_size_{score}"] = np.asarray(pred.set_size, dtype=float)
     scal = cp.calibrate_survival(cal[surv_cols].to_numpy(), cal["survival_bin"].to_numpy(),
@@ -309,7 +312,7 @@ def _conformal_arm(cal: pd.DataFrame, test: pd.DataFrame, mode: str, alpha: floa
     spred = cp.predict_survival(scal, test[surv_cols].to_numpy(), input_mode=mode,
                                 y_bin=test["survival_bin"].to_numpy(), event=1 - test["censorship"].to_numpy())
     sd = spred.to_dict()
-    res["survival_lower_bound"] = {k: sd.get(k) for k in ("coverage_lower", "coverage_upper", "coverage_deaths",
+    res["survival_lower_bound"] = {k: sd[k] for k in ("coverage_lower", "coverage_upper", "coverage_deaths",
                                                           "mean_lower_bin", "frac_trivial")}
     return res, prow
 

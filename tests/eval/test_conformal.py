@@ -3,6 +3,7 @@ import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from pathgen.eval import conformal as C
@@ -189,3 +190,31 @@ def test_survival_group_refusal_and_mode_check():
         C.predict_survival(cal, S, input_mode="real", groups=g)
     with pytest.raises(ValueError, match="non-increasing"):
         C.calibrate_survival(S[:, ::-1], obs, ev, input_mode="synth")
+
+
+def test_demo_conformal_summary_reports_threshold_and_per_class():
+    """The demo's conformal metrics.json carries the calibrated thresholds and per-class coverage (they
+    were read under keys the result objects do not have, so they were always null)."""
+    from pathgen.pipelines.demo import _conformal_arm
+
+    rng = np.random.default_rng(0)
+
+    def frame(n):
+        g = rng.integers(0, 3, n)
+        p = rng.dirichlet(np.ones(3), n) * 0.5
+        p[np.arange(n), g] += 0.5
+        h = np.clip(rng.uniform(0.05, 0.5, (n, 4)), 0, 1)
+        s = np.cumprod(1 - h, axis=1)
+        return pd.DataFrame({"case_id": [f"c{i}" for i in range(n)], "grade_index": g,
+                             "survival_bin": rng.integers(0, 4, n), "censorship": rng.integers(0, 2, n),
+                             **{f"prob_G{k + 1}": p[:, k] for k in range(3)},
+                             **{f"surv_{k}": s[:, k] for k in range(4)}})
+
+    res, rows = _conformal_arm(frame(120), frame(60), "real", 0.1)
+    for score in ("lac", "aps"):
+        r = res[f"grade_{score}"]
+        assert r["qhat"] and all(0 < q <= 1 for q in r["qhat"].values())
+        assert set(r["per_class"]) == {"0", "1", "2"} and sum(v["n"] for v in r["per_class"].values()) == 60
+        total = sum(v["n"] * v["coverage"] for v in r["per_class"].values()) / 60
+        assert total == pytest.approx(r["coverage"])
+    assert len(rows) == 60
