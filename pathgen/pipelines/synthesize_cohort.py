@@ -12,7 +12,9 @@ synthesize-cohort ...`` (torch.distributed, gloo control plane):
   ``--prefetch`` items; results are flushed every ``--chunk`` slides.
 * **Resumable**: each flush writes ``parts/rank<r>-<n>.parquet`` + ``.h5`` atomically, *then* the
   ledger entries ``ledger/<slide_id>.json`` (state done / failed with reason, rank, part, timings).
-  A re-run skips done slides (``--retry-failed`` also redoes failed ones). A crash between a part
+  A re-run skips done slides (``--retry-failed`` also redoes failed ones) after checking that its
+  settings (checkpoint bytes, sampling, patching) equal those in ``settings.json``, so one output never
+  mixes samples of two configurations. A crash between a part
   and its ledger entries leaves an orphan part; the merge reads each slide only from the part its
   ledger names, so there are never duplicates.
 * **Merge**: after a barrier, rank 0 writes ``synthesized.csv`` / ``.parquet`` (slide_id, case_id,
