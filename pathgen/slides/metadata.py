@@ -8,6 +8,7 @@ and means "unknown", not "very coarse".
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 from pathlib import Path
 
@@ -19,6 +20,13 @@ from pathgen.slides.errors import UnsupportedSlideError
 PLAUSIBLE_MPP = (0.02, 20.0)
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+#: first and last bytes of every tile, per TIFF compression: a JPEG stream runs from SOI (FF D8) to
+#: EOI (FF D9), a JPEG 2000 codestream from SOC + SIZ (FF 4F FF 51) to EOC (FF D9). Old-style JPEG (6)
+#: is left out: its tiles need not be whole JPEG streams.
+_TILE_MARKERS = {7: (b"\xff\xd8", b"\xff\xd9"), 33003: (b"\xff\x4f\xff\x51", b"\xff\xd9"),
+                 33005: (b"\xff\x4f\xff\x51", b"\xff\xd9")}
+_TAIL_WINDOW = 8  # bytes read at a tile's end: the end marker may be followed by zero padding
 
 
 def parse_aperio_description(description: str | None) -> dict[str, str]:
@@ -96,9 +104,11 @@ def is_tiff(path: str | os.PathLike) -> bool:
 def check_tiff_integrity(path: str | os.PathLike) -> None:
     """Fail fast on a truncated or structurally broken TIFF (SVS, NDPI and friends are TIFFs).
 
-    Checks that every page's directory parses and every tile or strip lies inside the file.
-    Backends would otherwise open such files and fail, or decode garbage, in the middle of a
-    run. Non-TIFF files pass through (their backend decides).
+    Checks that every page's directory parses and every tile or strip lies inside the file, and
+    that every tile of a JPEG or JPEG 2000 tiled page starts and ends with its format's markers
+    (reading those few bytes only; absent tiles, offset or byte count 0, are skipped). Backends
+    would otherwise open such files and fail, or decode garbage (cuCIM decodes a broken tile as
+    grey), in the middle of a run. Non-TIFF files pass through (their backend decides).
 
     Raises:
         UnsupportedSlideError: one line naming the file and what is broken.
@@ -119,14 +129,19 @@ def check_tiff_integrity(path: str | os.PathLike) -> None:
             pages = list(tif.pages)
             if not pages:
                 raise UnsupportedSlideError(path, f"TIFF has no readable image directory ({size} bytes)", fix)
+            segments = []
             for i, page in enumerate(pages):
                 offsets = getattr(page, "dataoffsets", ())
                 counts = getattr(page, "databytecounts", ())
                 if len(offsets) and len(counts):
-                    end = int((np.asarray(offsets, dtype=np.int64) + np.asarray(counts, dtype=np.int64)).max())
+                    offsets, counts = np.asarray(offsets, dtype=np.int64), np.asarray(counts, dtype=np.int64)
+                    end = int((offsets + counts).max())
                     if end > size:
                         raise UnsupportedSlideError(
                             path, f"truncated: page {i} needs {end} bytes but the file has {size}", fix)
+                    segments.append((i, page, offsets, counts))
+            for i, page, offsets, counts in segments:
+                _check_tile_markers(path, i, page, offsets, counts)
     except UnsupportedSlideError:
         raise
     except Exception as exc:  # noqa: BLE001 - any parse failure means a broken TIFF structure
@@ -134,6 +149,71 @@ def check_tiff_integrity(path: str | os.PathLike) -> None:
         raise UnsupportedSlideError(path, f"corrupt or truncated TIFF structure ({msg})", fix) from exc
     finally:
         logging.getLogger("tifffile").removeFilter(quiet)
+
+
+def _check_tile_markers(path: Path, index: int, page, offsets: np.ndarray, counts: np.ndarray) -> None:
+    """Raise when a tile of a JPEG / JPEG 2000 tiled ``page`` does not start and end with its markers."""
+    markers = _TILE_MARKERS.get(int(getattr(page, "compression", 0) or 0))
+    # NDPI pages are one JPEG stream that tifffile cuts into virtual tiles (jpegheader set): not checked
+    if markers is None or not getattr(page, "is_tiled", False) or getattr(page, "jpegheader", None) is not None:
+        return
+    head, tail = (np.frombuffer(m, dtype=np.uint8) for m in markers)
+    n = min(len(offsets), len(counts))
+    offsets, counts = offsets[:n], counts[:n]
+    present = np.flatnonzero((offsets > 0) & (counts > 0))  # tifffile fills absent tiles, as libtiff does
+    if not len(present):
+        return
+    starts, counts = offsets[present], counts[present]
+    ends = starts + counts
+    first, last = _read_bytes(path, starts, len(head), np.maximum(ends - _TAIL_WINDOW, starts), _TAIL_WINDOW)
+    ok = (counts >= len(head) + len(tail)) & (first == head).all(axis=1)
+    # the window's last non-zero bytes must be the end marker (only zero padding may follow it)
+    last = np.where(np.arange(_TAIL_WINDOW) < np.minimum(counts, _TAIL_WINDOW)[:, None], last, 0)
+    stop = _TAIL_WINDOW - np.argmax(last[:, ::-1] != 0, axis=1)  # one past the last non-zero byte
+    cols = np.clip(stop[:, None] - len(tail) + np.arange(len(tail)), 0, _TAIL_WINDOW - 1)
+    ok &= (stop >= len(tail)) & (np.take_along_axis(last, cols, axis=1) == tail).all(axis=1)
+    if ok.all():
+        return
+    bad = np.flatnonzero(~ok)
+    j = int(bad[0])
+    kind = "JPEG" if len(head) == 2 else "JPEG 2000"
+    more = f" ({len(bad) - 1} more tiles too)" if len(bad) > 1 else ""
+    raise UnsupportedSlideError(
+        path, f"corrupt image data: page {index} ({page.imagewidth}x{page.imagelength} px) tile "
+              f"{int(present[j])} of {len(offsets)} is not a complete {kind} stream (at byte {int(starts[j])}: "
+              f"starts {first[j].tobytes().hex()}, ends {last[j][-len(tail):].tobytes().hex()}){more}",
+        "the slide's pixel data are damaged: download or copy it again (compare its checksum), re-scan the "
+        "slide, or leave it out of the batch")
+
+
+def _read_bytes(path: Path, at_a: np.ndarray, len_a: int, at_b: np.ndarray, len_b: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """``[n, len_a]`` and ``[n, len_b]`` uint8: the bytes at offsets ``at_a`` and ``at_b`` (inside the file).
+
+    Through a read-only memory map, so only the pages holding those bytes are read: about 0.1 s for
+    100k tiles, where one ``pread`` per tile takes 0.5 s. Falls back to seek + read without mmap.
+    """
+    with open(path, "rb") as fh:
+        try:
+            mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):  # a file system without mmap
+            return _seek_read(fh, at_a, len_a), _seek_read(fh, at_b, len_b)
+        with mm:
+            buf = np.frombuffer(mm, dtype=np.uint8)
+            rows_a = np.lib.stride_tricks.sliding_window_view(buf, len_a)  # row i: bytes i .. i + len - 1
+            rows_b = np.lib.stride_tricks.sliding_window_view(buf, len_b)
+            a = rows_a[np.minimum(at_a, len(rows_a) - 1)]  # fancy indexing copies
+            b = rows_b[np.minimum(at_b, len(rows_b) - 1)]
+            del buf, rows_a, rows_b  # release the exports before the map closes
+    return a, b
+
+
+def _seek_read(fh, at: np.ndarray, n: int) -> np.ndarray:
+    out = bytearray()
+    for o in at.tolist():
+        fh.seek(o)
+        out += fh.read(n).ljust(n, b"\0")
+    return np.frombuffer(bytes(out), dtype=np.uint8).reshape(-1, n)
 
 
 class _DropRecords(logging.Filter):

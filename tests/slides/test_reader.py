@@ -203,6 +203,64 @@ def test_truncated_generated_tiff(pyramid_tif, tmp_path):
         _one_line_naming(ei.value, bad)
 
 
+def _tile_table(path, page: int = 0):
+    """``(offsets, byte counts, file position and struct format of each tag's array)`` of a tiled page."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        pg = tif.pages[page]
+        fmt = {3: "H", 4: "I", 16: "Q"}
+        tags = [pg.tags[n] for n in ("TileOffsets", "TileByteCounts")]
+        return (list(pg.dataoffsets), list(pg.databytecounts),
+                [(t.valueoffset, tif.byteorder + fmt[int(t.dtype)]) for t in tags])
+
+
+def _set_tile_entry(data: bytearray, where: tuple[int, str], index: int, value: int) -> None:
+    import struct
+
+    pos, fmt = where
+    struct.pack_into(fmt, data, pos + index * struct.calcsize(fmt), value)
+
+
+def test_corrupt_jpeg_tiles_are_refused_by_every_backend(cmu_svs, tmp_path):
+    """Tile data overwritten with 0xFF (a bad copy): cuCIM would decode them as grey and carry on."""
+    offsets, counts, _ = _tile_table(cmu_svs)
+    data = bytearray(cmu_svs.read_bytes())
+    start, stop = offsets[34] + 100, offsets[40] + 50  # the end of tile 34 through the start of tile 40
+    data[start:stop] = b"\xff" * (stop - start)
+    bad = tmp_path / "garbled.svs"
+    bad.write_bytes(bytes(data))
+    for backend in ["auto"] + BACKENDS:
+        with pytest.raises(UnsupportedSlideError, match=r"page 0 \(2220x2967 px\) tile 34 of 130 is not a "
+                                                        r"complete JPEG stream.*6 more tiles") as ei:
+            open_slide(bad, backend=backend)
+        assert "download or copy it again" in _one_line_naming(ei.value, bad)
+
+
+def test_corrupt_jpeg2000_tile_is_refused(tcga_svs, tmp_path):
+    offsets, _, _ = _tile_table(tcga_svs, page=2)
+    data = bytearray(tcga_svs.read_bytes())
+    data[offsets[7]:offsets[7] + 4] = bytes(4)  # the codestream's SOC + SIZ markers
+    bad = tmp_path / "j2k.svs"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(UnsupportedSlideError, match=r"page 2 .* tile 7 of 63 is not a complete JPEG 2000") as ei:
+        open_slide(bad)
+    _one_line_naming(ei.value, bad)
+
+
+def test_absent_tiles_are_not_corrupt(cmu_svs, tmp_path):
+    """A tile with offset and byte count 0 is absent (tifffile and libtiff fill it), not damaged."""
+    offsets, counts, (where_offsets, where_counts) = _tile_table(cmu_svs)
+    data = bytearray(cmu_svs.read_bytes())
+    data[offsets[34]:offsets[34] + counts[34]] = b"\xff" * counts[34]
+    _set_tile_entry(data, where_offsets, 34, 0)
+    _set_tile_entry(data, where_counts, 34, 0)
+    sparse = tmp_path / "sparse.svs"
+    sparse.write_bytes(bytes(data))
+    with open_slide(sparse, backend="tifffile") as r:
+        assert r.dimensions == (2220, 2967)
+
+
 def test_text_file_named_svs(tmp_path):
     bad = tmp_path / "notes.svs"
     bad.write_text("this is not a slide\n" * 10)
