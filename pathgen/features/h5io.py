@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -108,8 +109,7 @@ def geometry_from_attrs(attrs: dict, reader_info: dict, slide_id: str,
     a.setdefault("level_dim", np.array([lw, lh], dtype=np.int64))
     a.setdefault("downsampled_level_dim", np.array([lw, lh], dtype=np.int64))
     a.setdefault("patch_size_level0", np.int64(size0))
-    a.setdefault("level0_width", np.int64(w0))
-    a.setdefault("level0_height", np.int64(h0))
+    a.update(level0_width=np.int64(w0), level0_height=np.int64(h0))  # the slide read, never the coords file's
     a.setdefault("overlap", np.int64(0))
     mag0 = a.get("level0_magnification") or reader_info.get("objective_power")
     if not mag0 and reader_info.get("mpp"):
@@ -118,6 +118,46 @@ def geometry_from_attrs(attrs: dict, reader_info: dict, slide_id: str,
         a.setdefault("level0_magnification", np.float64(mag0))
         a.setdefault("target_magnification", np.float64(round(float(mag0) * out / size0, 4)))
     return level, read, out, a
+
+
+def check_coords_fit_slide(coords: np.ndarray,  # [N, 2] int64
+                           attrs: dict, reader_info: dict, slide_id: str, path: str | os.PathLike = "coords") -> None:
+    """Check that coordinates read from ``path`` belong to the slide ``reader_info`` describes.
+
+    Every top-left ``(x, y)`` must lie inside the slide's level-0 bounds, and sizes the file
+    records (TRIDENT's ``level0_width``/``level0_height``, CLAM's ``level_dim`` at ``patch_level``)
+    must match the slide. A ``name`` attribute naming another slide only warns (files get renamed).
+
+    Raises:
+        SlideError: coordinates outside the slide or recorded sizes of another slide (names ``path``).
+    """
+    from pathgen.slides.errors import SlideError
+
+    fix = (f"use the coordinates made for {slide_id} (check --coords-dir and the file names) or drop "
+           "--coords-dir to patch the slide")
+    w0, h0 = (int(v) for v in reader_info["dimensions"])
+    recorded = []
+    if "level0_width" in attrs and "level0_height" in attrs:
+        recorded.append(("level-0 size", [int(attrs["level0_width"]), int(attrs["level0_height"])], [w0, h0]))
+    levels = reader_info["level_dimensions"]
+    if "level_dim" in attrs and "patch_level" in attrs and 0 <= int(attrs["patch_level"]) < len(levels):
+        level = int(attrs["patch_level"])
+        recorded.append((f"level-{level} size", [int(v) for v in np.ravel(attrs["level_dim"])],
+                         [int(v) for v in levels[level]]))
+    for what, theirs, ours in recorded:
+        if theirs != ours:
+            raise SlideError(path, f"coords were made for a slide whose {what} is {theirs[0]}x{theirs[1]}, but "
+                                   f"{slide_id} is {ours[0]}x{ours[1]} (name attribute {attrs.get('name')!r})", fix)
+    if len(coords):
+        outside = (coords[:, 0] < 0) | (coords[:, 0] >= w0) | (coords[:, 1] < 0) | (coords[:, 1] >= h0)
+        if outside.any():
+            i = int(np.flatnonzero(outside)[0])
+            raise SlideError(path, f"{int(outside.sum())} of {len(coords)} patch corners lie outside {slide_id} "
+                                   f"({w0}x{h0} at level 0), e.g. row {i}: {coords[i].tolist()}", fix)
+    name = str(attrs.get("name", "") or "")
+    if name and slide_id not in (Path(name).name, os.path.splitext(Path(name).name)[0]):
+        warnings.warn(f"{path}: name attribute {name!r} is not {slide_id!r}; the coordinates fit the slide, so "
+                      "they are used (check --coords-dir if that is unexpected)", UserWarning, stacklevel=2)
 
 
 def _write_coords(f, coords: np.ndarray, attrs: dict) -> None:
@@ -161,15 +201,34 @@ def write_features_h5(path: str | os.PathLike, features: np.ndarray,  # [N, D] f
 
 
 def read_coords_h5(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
-    """``coords`` [N, 2] int64 and their attrs from a CLAM, TRIDENT or pathgen h5."""
+    """``coords`` [N, 2] int64 and their attrs from a CLAM, TRIDENT or pathgen h5.
+
+    Raises:
+        ValueError: no ``coords`` dataset.
+        SlideError: ``coords`` is not ``[N, 2]`` finite whole numbers (names the file and the fix).
+    """
     import h5py
+
+    from pathgen.slides.errors import SlideError
 
     with h5py.File(path, "r") as f:
         if "coords" not in f:
             raise ValueError(f"{path}: no 'coords' dataset; fix: point to a patches h5 written by pathgen patch, "
                              "CLAM or TRIDENT")
         ds = f["coords"]
-        return np.asarray(ds[:], dtype=np.int64), {k: _plain(v) for k, v in ds.attrs.items()}
+        raw, attrs = np.asarray(ds[:]), {k: _plain(v) for k, v in ds.attrs.items()}
+    fix = "re-create the coordinates with pathgen patch, CLAM or TRIDENT"
+    if raw.ndim != 2 or raw.shape[1] != 2:
+        raise SlideError(path, f"coords must be [N, 2] level-0 (x, y), got shape {list(raw.shape)}", fix)
+    if raw.dtype.kind not in "iuf":
+        raise SlideError(path, f"coords must be numbers, got dtype {raw.dtype}", fix)
+    if raw.dtype.kind == "f":
+        bad = ~(np.isfinite(raw) & (raw == np.round(raw))).all(axis=1)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise SlideError(path, f"coords must be finite whole pixel positions; row {i} is {raw[i].tolist()} "
+                                   f"({int(bad.sum())} bad rows)", fix)
+    return raw.astype(np.int64), attrs
 
 
 def read_features_h5(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict]:

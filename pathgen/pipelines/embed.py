@@ -45,7 +45,7 @@ def embed_one(slide: sb.Slide, out: Path, encoder, opts: PatchOptions, mpp: MPPC
     import torch
     from tqdm import tqdm
 
-    from pathgen.features.h5io import geometry_from_attrs, read_coords_h5, write_features_h5
+    from pathgen.features.h5io import check_coords_fit_slide, geometry_from_attrs, read_coords_h5, write_features_h5
     from pathgen.slides import open_slide
     from pathgen.slides.loader import PatchLoader
     from pathgen.utils.io import atomic_path
@@ -59,6 +59,7 @@ def embed_one(slide: sb.Slide, out: Path, encoder, opts: PatchOptions, mpp: MPPC
     feats = np.empty((len(coords), encoder.out_dim), dtype=np.float32)
     t0 = time.perf_counter()
     with open_slide(slide.path, backend=opts.backend, device=decode_device, **mpp.open_kwargs()) as reader:
+        check_coords_fit_slide(coords, attrs, reader.info(), slide.slide_id, coords_path)
         level, read_size, patch_size, attrs = geometry_from_attrs(attrs, reader.info(), slide.slide_id, coords_path)
         loader = PatchLoader(reader, coords, level, read_size, patch_size, batch_size=batch_size,
                              num_workers=num_workers, device=encoder.device)
@@ -92,7 +93,8 @@ def embed_one(slide: sb.Slide, out: Path, encoder, opts: PatchOptions, mpp: MPPC
     if save_pt:
         with atomic_path(paths[1]) as tmp:
             torch.save(torch.from_numpy(feats), tmp)
-    return {"n_patches": int(len(coords)), "outputs": [str(p) for p in paths], "out_dim": int(encoder.out_dim),
+    return {"n_patches": int(len(coords)), "outputs": [str(p.absolute()) for p in paths],
+            "out_dim": int(encoder.out_dim),
             "patches_per_s": round(len(coords) / max(seconds, 1e-9), 1)}
 
 

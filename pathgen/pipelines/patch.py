@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from pathgen.pipelines import slide_batch as sb
-from pathgen.slides.errors import NoTissueError
+from pathgen.slides.errors import NoTissueError, SlideError
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,14 @@ def patch_one(path: Path, slide_id: str, out: Path, opts: PatchOptions, mpp: MPP
     with open_slide(path, backend=opts.backend, **mpp.open_kwargs()) as reader:
         plan = plan_patches(reader.level_downsamples, reader.mpp, opts.target_mpp, opts.patch_size, opts.overlap,
                             path=path)
-        tissue = segment_tissue(reader, opts.tissue_params())
+        try:
+            tissue = segment_tissue(reader, opts.tissue_params())
+        except SlideError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a decode failure (OpenSlideError, Jpeg8Error...) is a bad input
+            raise SlideError(path, f"reading the slide failed ({type(exc).__name__}: "
+                                   f"{' '.join(str(exc).split())[:160]})",
+                             "the file may be corrupt: copy it again, or try another --backend") from exc
         coords, frac = tissue_coords(reader.dimensions, plan, tissue, opts.min_tissue_fraction)
         info = reader.info()
     # the overlay is written even without patches, so a person can see why
@@ -91,7 +99,8 @@ def patch_one(path: Path, slide_id: str, out: Path, opts: PatchOptions, mpp: MPP
                             "for faint or small tissue, or leave the slide out")
     attrs = coords_attrs(slide_id, info, plan)
     write_patches_h5(h5_path, coords, attrs, frac)
-    return {"n_patches": int(len(coords)), "outputs": [str(h5_path), str(png_path)], "plan": plan.to_dict(),
+    return {"n_patches": int(len(coords)), "outputs": [str(h5_path.absolute()), str(png_path.absolute())],
+            "plan": plan.to_dict(),
             "slide": {k: info[k] for k in ("backend", "dimensions", "level_count", "mpp", "mpp_source",
                                            "objective_power")},
             "tissue_fraction": round(tissue.tissue_fraction, 4)}
@@ -112,8 +121,8 @@ def mpp_overrides(args: argparse.Namespace) -> tuple[float | None, dict[str, flo
     """
     from pathgen.slides.grid import read_mpp_csv
 
-    if args.mpp is not None and not args.mpp > 0:
-        raise sb.UsageError(f"--mpp must be positive, got {args.mpp}")
+    if args.mpp is not None and not (math.isfinite(args.mpp) and args.mpp > 0):
+        raise sb.UsageError(f"--mpp must be a finite positive number, got {args.mpp}")
     table = {}
     if args.mpp_csv is not None:
         if not args.mpp_csv.is_file():
@@ -138,8 +147,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def validate(args: argparse.Namespace) -> None:
-    if args.target_mpp <= 0 or args.patch_size < 8 or not 0 <= args.overlap < args.patch_size:
-        raise sb.UsageError("need --target-mpp > 0, --patch-size >= 8 and 0 <= --overlap < --patch-size")
+    if not (math.isfinite(args.target_mpp) and args.target_mpp > 0) or args.patch_size < 8 \
+            or not 0 <= args.overlap < args.patch_size:
+        raise sb.UsageError("need a finite --target-mpp > 0, --patch-size >= 8 and 0 <= --overlap < --patch-size")
     if not 0 <= args.min_tissue_fraction <= 1:
         raise sb.UsageError("--min-tissue-fraction must be within [0, 1]")
 

@@ -135,10 +135,17 @@ class SlideResult:
     info: dict = field(default_factory=dict)
 
 
-def is_done(out: Path, stage: str, slide_id: str, chash: str, check: Callable[[dict], bool]) -> bool:
-    """True when ``slide_id`` finished ``stage`` with this config and its outputs read back."""
+def is_done(out: Path, stage: str, slide_id: str, chash: str, check: Callable[[dict], bool],
+            outputs: list[Path] | None = None) -> bool:
+    """True when ``slide_id`` finished ``stage`` with this config and its outputs read back.
+
+    ``outputs``: the files this run expects; they are checked instead of the paths the status
+    recorded (which may point into another folder when ``out`` was copied or moved).
+    """
     st = read_status(out, stage, slide_id)
-    return bool(st and st.get("state") == "done" and st.get("config_hash") == chash and check(st))
+    if not (st and st.get("state") == "done" and st.get("config_hash") == chash):
+        return False
+    return bool(check(st if outputs is None else {**st, "outputs": [str(p) for p in outputs]}))
 
 
 def process_slide(out: Path, stage: str, slide: Slide, config: dict, outputs: list[Path],
@@ -152,7 +159,7 @@ def process_slide(out: Path, stage: str, slide: Slide, config: dict, outputs: li
         config: everything that determines the outputs (hashed for idempotency).
         outputs: files ``work`` writes (their stale temps are removed first).
         work: does the job, returns a JSON-able dict merged into the status.
-        check: given a ``done`` status, True when its outputs are intact.
+        check: given a ``done`` status whose ``outputs`` are this call's ``outputs``, True when they are intact.
         force: redo even when done.
 
     Returns:
@@ -160,7 +167,7 @@ def process_slide(out: Path, stage: str, slide: Slide, config: dict, outputs: li
         after the status records them.
     """
     chash = config_hash(config)
-    if not force and is_done(out, stage, slide.slide_id, chash, check):
+    if not force and is_done(out, stage, slide.slide_id, chash, check, outputs):
         return SlideResult(slide.slide_id, "skipped", info=read_status(out, stage, slide.slide_id) or {})
     remove_stale_temps(outputs)
     status = {"slide_id": slide.slide_id, "path": str(slide.path), "stage": stage, "state": "running",

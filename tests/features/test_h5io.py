@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from pathgen.features.h5io import (coords_attrs, h5_is_readable, read_coords_h5, read_features_h5, write_features_h5,
-                                   write_patches_h5)
+from pathgen.features.h5io import (check_coords_fit_slide, coords_attrs, geometry_from_attrs, h5_is_readable,
+                                   read_coords_h5, read_features_h5, write_features_h5, write_patches_h5)
+from pathgen.slides.errors import SlideError
 from pathgen.slides.grid import plan_patches
 
 CLAM_ATTRS = ("patch_size", "patch_level", "downsample", "level_dim", "downsampled_level_dim", "name")
@@ -77,3 +78,46 @@ def test_patches_h5_layout_and_failed_write_leaves_nothing(tmp_path):
     assert not h5_is_readable(bad, ("features",))
     (tmp_path / "junk.h5").write_bytes(b"\x89HDF\r\n" + b"\0" * 20)  # a cut-off file is not "done"
     assert not h5_is_readable(tmp_path / "junk.h5", ("features",))
+
+
+def test_coords_must_be_n_by_2_finite_whole_numbers(tmp_path):
+    def write(name, data):
+        p = tmp_path / name
+        with h5py.File(p, "w") as f:
+            f.create_dataset("coords", data=data).attrs["patch_level"] = 0
+        return p
+
+    coords, _ = read_coords_h5(write("int32.h5", np.array([[0, 0], [256, 512]], dtype=np.int32)))
+    assert coords.dtype == np.int64 and coords.tolist() == [[0, 0], [256, 512]]
+    coords, _ = read_coords_h5(write("whole.h5", np.array([[0.0, 256.0]])))  # whole floats are fine
+    assert coords.tolist() == [[0, 256]]
+    for name, data, words in (("nan.h5", np.array([[0.0, 0.0], [np.nan, 1.0]]), "row 1 is [nan, 1.0]"),
+                              ("inf.h5", np.array([[np.inf, 0.0]]), "finite whole pixel"),
+                              ("half.h5", np.array([[10.5, 3.0]]), "finite whole pixel"),
+                              ("flat.h5", np.arange(6), "got shape [6]"),
+                              ("three.h5", np.zeros((4, 3), dtype=np.int64), "got shape [4, 3]")):
+        p = write(name, data)
+        with pytest.raises(SlideError, match="fix:") as ei:
+            read_coords_h5(p)
+        assert str(p) in str(ei.value) and words in str(ei.value), name
+
+
+def test_coords_are_checked_against_the_slide_read():
+    info = {**_info(), "level_downsamples": [1.0, 4.0, 16.0]}
+    ok = np.array([[0, 0], [7999, 5999]], dtype=np.int64)
+    check_coords_fit_slide(ok, {"name": "slide-1", "patch_level": 1, "level_dim": [2000, 1500]}, info, "slide-1",
+                           "c.h5")
+    for coords in ([[-1, 0]], [[0, 6000]], [[8000, 0]]):
+        with pytest.raises(SlideError, match=r"c\.h5: 1 of 1 patch corners lie outside slide-1 \(8000x6000"):
+            check_coords_fit_slide(np.array(coords), {}, info, "slide-1", "c.h5")
+    with pytest.raises(SlideError, match="level-0 size is 4000x6000, but slide-1 is 8000x6000"):
+        check_coords_fit_slide(ok[:1], {"name": "other", "level0_width": 4000, "level0_height": 6000}, info,
+                               "slide-1", "c.h5")
+    with pytest.raises(SlideError, match="level-1 size is 1000x750"):  # CLAM's record of another slide
+        check_coords_fit_slide(ok[:1], {"patch_level": 1, "level_dim": [1000, 750]}, info, "slide-1", "c.h5")
+    with pytest.warns(UserWarning, match="name attribute 'slide-2' is not 'slide-1'"):
+        check_coords_fit_slide(ok, {"name": "slide-2"}, info, "slide-1", "c.h5")
+    # the output attributes describe the slide read, not the coords file
+    a = geometry_from_attrs({"patch_size_level0": 512, "patch_size": 256, "level0_width": 1, "level0_height": 2},
+                            info, "slide-1")[3]
+    assert (a["level0_width"], a["level0_height"], a["name"]) == (8000, 6000, "slide-1")

@@ -288,3 +288,107 @@ def test_embed_reuses_clam_and_trident_coordinates(small_dir, tmp_path):
     assert run("embed", small_dir, "--out", tmp_path / "o2", "--encoder", "stain-stats", "--coords-dir", clam) == 2
     s = summary(tmp_path / "o2", "embed")
     assert s["done"] == 1 and "no coords file" in s["failed_slides"]["s2"]
+
+
+@pytest.mark.parametrize("backend", ["tifffile", "openslide"])
+def test_patch_skips_a_slide_that_fails_to_decode(small_dir, cmu_svs, tmp_path, backend):
+    """A tile whose JPEG header is damaged (markers intact, so the integrity check passes) makes OpenSlide
+    (OpenSlideError) and tifffile (Jpeg8Error) raise while segmenting: that slide fails with one line and the
+    batch goes on."""
+    import tifffile
+
+    if backend not in available_backends():
+        pytest.skip(f"{backend} not installed")
+    d = tmp_path / "in"
+    d.mkdir()
+    with tifffile.TiffFile(cmu_svs) as tif:
+        o = tif.pages[0].dataoffsets[0]
+    data = bytearray(cmu_svs.read_bytes())
+    data[o + 2:o + 202] = b"\xff" * 200
+    (d / "a-corrupt.svs").write_bytes(bytes(data))
+    (d / "s1.tif").symlink_to(small_dir / "s1.tif")
+    out = tmp_path / "out"
+    assert run("patch", d, "--out", out, "--backend", backend) == 2
+    s = summary(out, "patch")
+    assert (s["done"], s["failed"], s["not_run"]) == (1, 1, []), s
+    err = s["failed_slides"]["a-corrupt"]
+    assert "\n" not in err and str(d / "a-corrupt.svs") in err and "reading the slide failed" in err
+    assert "fix:" in err and not (out / "patches" / "a-corrupt.h5").exists()
+
+
+def _coords_h5(path: Path, coords, **attrs) -> None:
+    with h5py.File(path, "w") as f:
+        f.create_dataset("coords", data=np.asarray(coords)).attrs.update(attrs)
+
+
+def test_embed_rejects_coords_that_do_not_fit_the_slide(small_dir, tmp_path):
+    """--coords-dir files are checked against the slide read: out-of-bounds corners, non-finite values and
+    another slide's sizes fail that slide (naming the coords file); the batch goes on."""
+    clam = {"patch_size": 64, "patch_level": 1, "downsample": (4.0, 4.0), "level_dim": (256, 256),
+            "downsampled_level_dim": (256, 256)}
+    trident = {"patch_size": 128, "patch_size_level0": 256, "level0_magnification": 20.0,
+               "target_magnification": 10.0, "overlap": 0}
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    _coords_h5(bad / "s1.h5", [[0, 0], [256, 5000]], name="s1", **clam)  # y beyond the 1024 px slide
+    _coords_h5(bad / "s2_patches.h5", [[0, 0], [256, 256]], name="s2", level0_width=1024, level0_height=1024,
+               **trident)
+    out = tmp_path / "out"
+    assert run("embed", small_dir, "--out", out, "--encoder", "stain-stats", "--coords-dir", bad) == 2
+    s = summary(out, "embed")
+    assert s["slides"]["s2"]["state"] == "done" and s["failed"] == 1
+    err = s["failed_slides"]["s1"]
+    assert str(bad / "s1.h5") in err and "outside s1" in err and "[256, 5000]" in err and "fix:" in err
+    cases = {"nan": ([[0.0, 0.0], [np.nan, 256.0]], {"name": "s1", **clam}, "finite whole pixel"),
+             "3col": ([[0, 0, 0]], {"name": "s1", **clam}, "[N, 2]"),
+             "foreign": ([[0, 0]], {"name": "other", "level0_width": 2048, "level0_height": 1024, **trident},
+                         "level-0 size is 2048x1024")}
+    for tag, (coords, attrs, words) in cases.items():
+        d = tmp_path / tag
+        d.mkdir()
+        _coords_h5(d / "s1_patches.h5", coords, **attrs)
+        assert run("embed", small_dir / "s1.tif", "--out", tmp_path / f"o-{tag}", "--encoder", "stain-stats",
+                   "--coords-dir", d) == 2
+        err = summary(tmp_path / f"o-{tag}", "embed")["failed_slides"]["s1"]
+        assert str(d / "s1_patches.h5") in err and words in err and "\n" not in err, (tag, err)
+    # a coords file named for another slide but fitting this one: a warning, and the slide's own sizes are written
+    renamed = tmp_path / "renamed"
+    renamed.mkdir()
+    _coords_h5(renamed / "s1_patches.h5", [[0, 0], [256, 256]], name="s2", **trident)
+    with pytest.warns(UserWarning, match="name attribute 's2' is not 's1'"):
+        assert run("embed", small_dir / "s1.tif", "--out", tmp_path / "o-renamed", "--encoder", "stain-stats",
+                   "--coords-dir", renamed) == 0
+    with h5py.File(tmp_path / "o-renamed" / "features" / "s1.h5", "r") as f:
+        a = f["coords"].attrs
+        assert (a["level0_width"], a["level0_height"], a["name"]) == (1024, 1024, "s1")
+
+
+def test_resume_checks_this_runs_outputs(small_dir, tmp_path, monkeypatch):
+    """The status records absolute paths, and "already done" looks at the outputs this run expects: a run
+    from another folder or on a copied output folder skips; a copy missing an output redoes it."""
+    import shutil
+
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert run("patch", small_dir / "s1.tif", "--out", "out") == 0
+    st = json.loads((tmp_path / "out" / "status" / "patch" / "s1.json").read_text())
+    assert st["outputs"][0] == str(tmp_path / "out" / "patches" / "s1.h5")
+    monkeypatch.chdir(tmp_path / "sub")  # same folder, reached by another relative path
+    assert run("patch", small_dir / "s1.tif", "--out", "../out") == 0
+    assert summary(tmp_path / "out", "patch")["skipped"] == 1
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree("out", "copy")
+    shutil.copytree("out", "copy2")
+    (tmp_path / "copy2" / "patches" / "s1.h5").unlink()  # the original's file still exists
+    shutil.rmtree("out")
+    assert run("patch", small_dir / "s1.tif", "--out", "copy") == 0
+    assert summary(tmp_path / "copy", "patch")["skipped"] == 1
+    assert run("patch", small_dir / "s1.tif", "--out", "copy2") == 0
+    assert summary(tmp_path / "copy2", "patch")["done"] == 1
+    assert (tmp_path / "copy2" / "patches" / "s1.h5").is_file()
+
+
+def test_non_finite_numbers_are_usage_errors(small_dir, tmp_path):
+    for flags in (("--target-mpp", "nan"), ("--target-mpp", "inf"), ("--mpp", "inf")):
+        assert run("patch", small_dir, "--out", tmp_path / "out", *flags) == 1, flags
+    assert not (tmp_path / "out").exists()
