@@ -60,28 +60,30 @@ def survival_nll(
       uncensored = -(1 - c) * (log S_padded[y] + log h[y])
       censored   = -c * log S_padded[y + 1]
       loss = mean( (1 - alpha) * (censored + uncensored) + alpha * uncensored )
-    Probabilities are clamped at ``eps`` before the log. ``alpha`` up-weights deaths
-    (PathGen used 0; MCAT's function default was 0.4).
+    The logs are taken in log space (log h = logsigmoid(l), log(1 - h) = logsigmoid(-l), log S a
+    cumulative sum), so saturated logits keep their gradient: MCAT's form, log(clamp(p, eps)), gives a
+    confidently wrong prediction (|logit| > ~16 in float32) a large loss and a zero gradient.
+    ``alpha`` up-weights deaths (PathGen used 0; MCAT's function default was 0.4).
 
     Args:
         logits: unnormalised hazards; the sigmoid is applied here.
         y: 0-based bin labels (convert 1-based labels first: the published code's off-by-one).
         c: censorship indicator.
         alpha: extra weight of the uncensored term, in [0, 1].
-        eps: clamp before log.
+        eps: unused (the log-space form needs no clamp); kept so MCAT-style calls still work.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     y, c = _check_survival_inputs(logits, y, c)
-    h = torch.sigmoid(logits)
-    S = hazards_to_survival(h)
-    S_padded = torch.cat([torch.ones_like(S[:, :1]), S], dim=1)  # [B, K+1]
+    log_h = F.logsigmoid(logits)  # [B, K] log h_k
+    log_S = torch.cumsum(F.logsigmoid(-logits), dim=1)  # [B, K] log prod_{j <= k} (1 - h_j)
+    log_S_padded = torch.cat([torch.zeros_like(log_S[:, :1]), log_S], dim=1)  # [B, K+1]
     yy = y[:, None]
-    s_before = S_padded.gather(1, yy).squeeze(1).clamp(min=eps)  # alive at the start of bin y
-    s_after = S_padded.gather(1, yy + 1).squeeze(1).clamp(min=eps)  # alive past bin y
-    h_y = h.gather(1, yy).squeeze(1).clamp(min=eps)
-    uncensored = -(1.0 - c) * (torch.log(s_before) + torch.log(h_y))
-    censored = -c * torch.log(s_after)
+    log_s_before = log_S_padded.gather(1, yy).squeeze(1)  # alive at the start of bin y
+    log_s_after = log_S_padded.gather(1, yy + 1).squeeze(1)  # alive past bin y
+    log_h_y = log_h.gather(1, yy).squeeze(1)
+    uncensored = -(1.0 - c) * (log_s_before + log_h_y)
+    censored = -c * log_s_after
     return ((1.0 - alpha) * (censored + uncensored) + alpha * uncensored).mean()
 
 

@@ -233,6 +233,48 @@ def test_synthesize_and_evaluate_outputs(trained, tmp_path):
             assert key in m["families"][fam]
         assert key in m["baselines"]["ridge"]["overall"] and key in m["baselines"]["train_mean"]["overall"]
     assert (tmp_path / "eval" / "metrics.json").exists() and (tmp_path / "eval" / "fidelity.png").exists()
+    written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    for key in ("spearman_gene_median", "spearman_pooled", "nmae"):
+        assert written["overall"][key] == pytest.approx(m["overall"][key], abs=1e-12)  # the file is the return
+    # headline metrics recomputed independently, in the input units (synthesized table vs the real
+    # expression of the held-out patients that have features; gene ranges over the TRAINING patients)
+    from scipy.stats import spearmanr
+
+    cols = cohort.families.columns  # the concatenated vector: TS0 counts once in each family
+    held = [c for c in ids if cohort.features.get(c)]
+    assert written["n_test"] == len(held) >= 3 and written["n_train"] == len(fold.train)
+    real = cohort.expression.loc[held, cols].to_numpy(float)
+    syn = table.loc[held, cols].to_numpy(float)
+    train_vals = cohort.expression.loc[fold.train, cols].to_numpy(float)
+    gene_range = train_vals.max(0) - train_vals.min(0)
+
+    def headline(r, s, rg):
+        rhos = [spearmanr(r[:, g], s[:, g]).statistic for g in range(r.shape[1])
+                if np.ptp(r[:, g]) > 0 and np.ptp(s[:, g]) > 0]
+        ok = rg > 0
+        return {"spearman_gene_median": float(np.median(rhos)) if rhos else None,
+                "spearman_pooled": float(spearmanr(r.ravel(), s.ravel()).statistic),
+                "nmae": float(np.mean(np.mean(np.abs(r - s), axis=0)[ok] / rg[ok]))}
+
+    def check(got, want, what):
+        for key, v in want.items():
+            if v is None:
+                assert got[key] is None, (what, key)
+            else:
+                assert got[key] == pytest.approx(v, abs=1e-9), (what, key, got[key], v)
+
+    overall = headline(real, syn, gene_range)
+    check(written["overall"], overall, "overall")
+    for name, sl in cohort.families.slices.items():
+        check(written["families"][name], headline(real[:, sl], syn[:, sl], gene_range[sl]), name)
+    # the training-mean baseline: same real values against a constant prediction
+    mean_pred = np.repeat(train_vals.mean(0, keepdims=True), len(held), 0)
+    check(written["baselines"]["train_mean"]["overall"], headline(real, mean_pred, gene_range), "train_mean")
+    # the model is scored against the real values, not trivially (a self-comparison gives rho 1, nMAE 0)
+    assert not np.allclose(real, syn)
+    assert overall["nmae"] > 1e-3 and written["overall"]["nmae"] > 1e-3
+    assert written["overall"]["spearman_gene_median"] is not None
+    assert written["overall"]["spearman_gene_median"] < 0.999 and written["overall"]["spearman_pooled"] < 0.999
 
 
 def test_validation_score_is_the_mean_per_gene_spearman():

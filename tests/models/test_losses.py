@@ -68,10 +68,39 @@ def test_alpha_weighting_and_batch_mean_by_hand():
     assert L.SurvivalNLLLoss(alpha=alpha)(logits, y, c).item() == pytest.approx(expected, rel=1e-12)
 
 
-def test_nll_is_the_negative_log_of_a_proper_distribution():
-    # death probabilities over bins + survival past the last bin sum to 1
-    p_death = [math.exp(-UNCENSORED_BY_HAND[y]) for y in range(4)]
-    assert sum(p_death) + 0.3024 == pytest.approx(1.0)
+@pytest.mark.parametrize("hazards", [H.tolist(), [0.05, 0.5, 0.15, 0.7, 0.25, 0.9]])
+def test_nll_is_the_negative_log_of_a_proper_distribution(hazards):
+    """exp(-NLL) of the package's loss is a probability distribution over the outcomes: death in
+    bin 0..K-1 or survival past the last bin. Each probability is rebuilt here from the hazards
+    alone, and every censored NLL is -log of the tail mass (death in a later bin or never)."""
+    h = torch.tensor(hazards, dtype=torch.float64)
+    K = len(hazards)
+    logits = torch.log(h / (1 - h))[None]
+
+    def nll(y, c):
+        return L.survival_nll(logits, torch.tensor([y]), torch.tensor([c])).item()
+
+    # independent: P(death in bin y) = prod_{j<y} (1 - h_j) * h_y;  P(alive past bin K-1) = prod_j (1 - h_j)
+    want_death = [math.prod(1 - hazards[j] for j in range(y)) * hazards[y] for y in range(K)]
+    want_past_last = math.prod(1 - x for x in hazards)
+    assert sum(want_death) + want_past_last == pytest.approx(1.0, rel=1e-12)
+    # the package: each death NLL is -log of its bin's probability ...
+    p_death = [math.exp(-nll(y, 0)) for y in range(K)]
+    assert p_death == pytest.approx(want_death, rel=1e-9)
+    # ... and censoring in the last bin is -log of surviving past it: together they sum to 1
+    p_past_last = math.exp(-nll(K - 1, 1))
+    assert p_past_last == pytest.approx(want_past_last, rel=1e-9)
+    assert sum(p_death) + p_past_last == pytest.approx(1.0, rel=1e-9)
+    # censored in bin y: -log P(T > bin y) = -log(sum of the later death bins + survival past the last)
+    for y in range(K):
+        tail = sum(want_death[y + 1:]) + want_past_last
+        assert nll(y, 1) == pytest.approx(-math.log(tail), rel=1e-9)
+    # the batched call averages the same per-outcome NLLs
+    ys = torch.tensor(list(range(K)) + [K - 1])
+    cs = torch.tensor([0] * K + [1])
+    probs = want_death + [want_past_last]
+    batch = L.survival_nll(logits.repeat(K + 1, 1), ys, cs).item()
+    assert batch == pytest.approx(-sum(math.log(p) for p in probs) / (K + 1), rel=1e-9)
 
 
 def test_eps_clamp_keeps_loss_finite_and_gradients_flow():
@@ -153,3 +182,14 @@ def test_grade_loss_unknown_kind():
     with pytest.raises(ValueError, match="unknown grade loss"):
         L.grade_loss(torch.zeros(1, 3), torch.tensor([0]), "bce")
     assert torch.allclose(L.grade_probs(torch.zeros(1, 3)), torch.full((1, 3), 1 / 3))
+
+
+def test_saturated_logits_keep_their_gradient():
+    """Confidently wrong predictions (|logit| 30) must still be pushed back: with log(clamp(p, eps)) the
+    loss was large and the gradient exactly zero."""
+    logits = torch.tensor([[-30.0, 0.0, 0.0], [30.0, 0.0, 0.0]], requires_grad=True)
+    # patient 0 died in bin 0 (predicted hazard ~1e-13); patient 1 was censored in bin 0 (hazard ~1)
+    loss = L.survival_nll(logits, torch.tensor([0, 0]), torch.tensor([0, 1]))
+    assert loss.item() == pytest.approx(30.0, rel=1e-3)
+    loss.backward()
+    assert logits.grad[0, 0] < -0.4 and logits.grad[1, 0] > 0.4  # raise the first hazard, lower the second

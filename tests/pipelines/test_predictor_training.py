@@ -60,6 +60,7 @@ def test_metrics_json_contract(tiny, tmp_path):
         assert m["mean"][k] == pytest.approx(np.mean([f[k] for f in m["folds"]]))
         assert m["sd"][k] == pytest.approx(np.std([f[k] for f in m["folds"]], ddof=1))
     assert m["fold_averaged_bootstrap"]["c_index"]["estimate"] == pytest.approx(m["mean"]["c_index"])
+    _check_metrics_recomputed_from_predictions(out, tiny["manifest"])
     # per-patient predictions: every patient tested exactly once, curves and probabilities saved
     pred = pd.read_csv(out / "predictions.csv")
     test = pred[pred["part"] == "test"]
@@ -185,3 +186,55 @@ def test_cohort_refuses_missing_splits_and_disjoint_ids(tiny, tmp_path):
     expr.set_axis([f"{c}-01" for c in expr.index]).rename_axis("case_id").to_csv(none)
     with pytest.raises(ValueError, match=r"expr_none\.csv: no patient has both"):
         cohort_of(tiny, expression=none)
+
+
+def _check_metrics_recomputed_from_predictions(out, manifest):
+    """Every fold's headline test metrics in metrics.json, recomputed from predictions.csv with
+    independent implementations (lifelines, scikit-learn) and labels taken from the manifest.
+
+    Conventions: ``risk`` is higher for earlier death, so lifelines (which expects a score that is
+    higher for LONGER survival) gets ``-risk``; event = 1 - censorship; ``prob_<g>`` is the
+    probability of grade ``g`` and class index i is ``grade_categories[i]``.
+    """
+    from lifelines.utils import concordance_index
+    from sklearn.metrics import balanced_accuracy_score, cohen_kappa_score, roc_auc_score
+
+    m = json.loads((out / "metrics.json").read_text())
+    cats = m["grade_categories"]
+    pred = pd.read_csv(out / "predictions.csv")
+    labels = pd.read_csv(manifest).drop_duplicates("case_id").set_index("case_id")
+    c_all, auc_all = [], []
+    for f in m["folds"]:
+        t = pred[(pred["part"] == "test") & (pred["fold"] == f["fold"])]
+        assert len(t) == f["n_test"] and t["case_id"].is_unique
+        lab = labels.loc[t["case_id"]]
+        time = lab["survival_months"].to_numpy(float)
+        event = 1 - lab["censorship"].to_numpy(int)
+        np.testing.assert_allclose(t["survival_months"], time)
+        c = concordance_index(time, -t["risk"].to_numpy(float), event)
+        assert f["c_index"] == pytest.approx(c, abs=1e-9), (f["fold"], f["c_index"], c)
+        c_all.append(c)
+        # grade: class index from the manifest's label, probabilities column by category name
+        y = np.array([cats.index(g) for g in lab["grade"]])
+        np.testing.assert_array_equal(t["grade_index"].to_numpy(), y)
+        P = np.column_stack([t[f"prob_{g}"].to_numpy(float) for g in cats])
+        present = np.unique(y)
+        assert len(present) >= 2
+        if len(present) == len(cats):
+            auc = roc_auc_score(y, P, multi_class="ovr", average="macro")
+        else:  # macro over the classes present in the fold
+            auc = float(np.mean([roc_auc_score(y == k, P[:, k]) for k in present]))
+        assert f["grade_auc_macro"] == pytest.approx(auc, abs=1e-9), (f["fold"], f["grade_auc_macro"], auc)
+        auc_all.append(auc)
+        onehot = (y[:, None] == np.arange(len(cats))[None]).astype(int)
+        assert f["grade_auc_micro"] == pytest.approx(roc_auc_score(onehot.ravel(), P.ravel()), abs=1e-9)
+        hard = P.argmax(1)
+        assert f["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, hard), abs=1e-9)
+        assert f["grade_accuracy"] == pytest.approx(np.mean(hard == y), abs=1e-12)
+        kappa = cohen_kappa_score(y, hard, weights="quadratic", labels=list(range(len(cats))))
+        if np.isfinite(kappa):
+            assert f["kappa_quadratic"] == pytest.approx(kappa, abs=1e-9)
+    # the fold-averaged point estimates are the means of the recomputed per-fold values
+    boot = m["fold_averaged_bootstrap"]
+    assert boot["c_index"]["estimate"] == pytest.approx(np.mean(c_all), abs=1e-9)
+    assert boot["grade_auc_macro"]["estimate"] == pytest.approx(np.mean(auc_all), abs=1e-9)
