@@ -165,7 +165,8 @@ def _train_generator(cohort, k, run, cfg, device, member: int = 0):
     opts = TrainOptions(epochs=cfg.gen_epochs, patience=cfg.gen_patience, max_patches=cfg.gen_max_patches,
                         seed=cfg.seed + k + 100 * member, device=device, batch_size=4, lr=1e-3, val_steps=10,
                         val_every=1, draws=cfg.gen_draws, prediction="sample")
-    train_generator(cohort, k, _member_dir(run, k, member), opts)
+    # resume: a stage re-run after a crash continues its last.pt (same options every time)
+    train_generator(cohort, k, _member_dir(run, k, member), opts, resume=True)
 
 
 def _synthesize(cohort, k, run, cfg, device):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import random
 from pathlib import Path
@@ -32,6 +33,20 @@ def make_loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int, num_work
     g = torch.Generator().manual_seed(seed)
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, collate_fn=collate_bags, generator=g,
                       num_workers=num_workers, drop_last=False)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A stable 63-bit seed for ``(seed, epoch)`` (SHA-256: the same on every platform and run)."""
+    digest = hashlib.sha256(f"pathgen-loader:{int(seed)}:{int(epoch)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def reseed_loader(loader: DataLoader, seed: int, epoch: int) -> None:
+    """Make a ``make_loader`` loader's shuffle order (and worker seeds) for ``epoch`` a function of
+    ``(seed, epoch)`` alone, so a resumed run replays the epochs an uninterrupted one would.
+    Loaders without a generator (``DistributedSampler``, which has ``set_epoch``) are left alone."""
+    if loader.generator is not None:
+        loader.generator.manual_seed(epoch_seed(seed, epoch))
 
 
 def write_csv_log(path: Path, rows: list[dict]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import platform
+import warnings
 from pathlib import Path
 
 import torch
@@ -57,13 +58,49 @@ def save_checkpoint(path: Path, *, model_state: dict, config: GeneratorConfig, f
         torch.save(payload, tmp)
 
 
+def _major_minor(version: str) -> tuple[str, ...]:
+    return tuple(str(version).split("+")[0].split(".")[:2])
+
+
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Read a generator checkpoint (``generator.pt`` or ``last.pt``) and check it.
+
+    Raises:
+        FileNotFoundError / IsADirectoryError: nothing, or a folder, at ``path``.
+        ValueError: unreadable (truncated, corrupted, not a PyTorch file), another kind of checkpoint,
+            or a config this pathgen cannot build (unknown fields: written by a newer pathgen); the
+            message names the file and the fix.
+    Warns (``UserWarning``) when it was written by another pathgen major.minor version.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no generator checkpoint here (train one with `pathgen train-generator`)")
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: a folder, not a generator checkpoint; pass the generator.pt inside a "
+                                "`pathgen train-generator` run folder")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # truncated zip, text, pickle garbage: torch raises many types
+        raise ValueError(f"{path}: cannot read this generator checkpoint ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:200] if str(e) else ''}); it is truncated, corrupted or not a "
+                         "PyTorch file: copy it again from where it was trained, or re-train it with "
+                         "`pathgen train-generator`") from e
     if not isinstance(ckpt, dict) or ckpt.get("kind") != "pathgen.generator":
-        raise ValueError(f"{path}: not a pathgen generator checkpoint")
+        kind = ckpt.get("kind") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(f"{path}: not a pathgen generator checkpoint (kind {kind!r}, expected 'pathgen.generator'); "
+                         "pass a `pathgen train-generator` run's generator.pt")
+    import pathgen
+
+    saved = (ckpt.get("versions") or {}).get("pathgen")
+    if saved is not None and _major_minor(saved) != _major_minor(pathgen.__version__):
+        warnings.warn(f"{path}: written by pathgen {saved}, running pathgen {pathgen.__version__}; it may load "
+                      "or behave differently: re-train it with this version, or install pathgen "
+                      f"{'.'.join(_major_minor(saved))}.x to use it as it was", stacklevel=2)
+    try:
+        GeneratorConfig.from_dict(ckpt["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path}: its generator config cannot be built by pathgen {pathgen.__version__} "
+                         f"(written by pathgen {saved}): {e}") from e
     return ckpt
 
 

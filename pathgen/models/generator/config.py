@@ -56,15 +56,24 @@ class GeneratorConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "GeneratorConfig":
+        """The config saved by ``to_dict``. Missing optional fields take their defaults
+        (``patch_norm`` the pre-option "layernorm"); unknown fields, here or in ``schedule``, are a
+        ``ValueError`` (a config from a newer pathgen would otherwise build a different model)."""
         d = dict(d)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        schedule = dict(d.get("schedule") or {})
+        unknown += sorted(f"schedule.{k}" for k in set(schedule) - {f.name for f in dataclasses.fields(ScheduleConfig)})
+        if unknown:
+            raise ValueError(f"unknown generator config fields {unknown}: written by a newer pathgen; upgrade "
+                             "pathgen (`pip install -U pathgen`) or re-train the generator with this version")
         d.setdefault("patch_norm", "layernorm")  # checkpoints written before the option existed
-        d["schedule"] = ScheduleConfig.from_dict(d.get("schedule", {}))
+        d["schedule"] = ScheduleConfig.from_dict(schedule)
         for k in ("family_names", "family_sizes", "encoder_hidden", "decoder_hidden"):
             d[k] = tuple(d[k])
         if d.get("clip_sample") is not None:
             d["clip_sample"] = tuple(d["clip_sample"])
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return cls(**d)
 
 
 PRESETS: dict[str, dict] = {
