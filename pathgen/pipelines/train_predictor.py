@@ -20,15 +20,26 @@ patient-bootstrap 95% CIs, and fold-averaged metrics over all test patients), ``
 (one row per patient, fold and part: risk, survival curve ``surv_k``, grade probabilities
 ``prob_<grade>``, labels, so ``pathgen evaluate`` and the conformal / fairness layers reuse them),
 ``run.json`` (the inputs, to rebuild the cohort), ``splits.json``, and per fold ``predictor.pt``,
-``log.csv`` and ``summary.json``.
+``log.csv``, ``predictions.csv`` and ``summary.json`` (written last: it marks the fold finished).
+
+Resuming: a re-run into the same ``--out`` (after a crash, or with ``--folds`` to add folds) reuses
+every fold that finished with the same settings (options but ``--device``, grade classes, the fold's
+patients, a digest of its patients' inputs: see ``fold_settings``), trains the rest of the requested
+folds, and rebuilds ``predictions.csv`` and ``metrics.json`` from ALL finished folds of the folder
+(``metrics.json``: ``folds_covered``, ``folds_trained``, ``folds_reused``, ``folds_missing``). A
+finished fold with other settings is an error; ``--overwrite`` starts the folder over. To retrain
+one fold, delete its ``fold_<k>`` folder.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import dataclasses
+import hashlib
 import json
 import math
+import re
+import shutil
 import time
 from pathlib import Path
 from typing import Sequence
@@ -269,14 +280,21 @@ def train_fold(cohort: Cohort, fold: Fold, opts: PredictorOptions, out: Path, *,
         model.train()
         set_epoch(epoch)
         losses = []
-        for batch in train_loader:
+        for i, batch in enumerate(train_loader):
             o = net(**model_inputs(batch, cfg, device))
             loss, _ = predictor_loss(o, batch["survival_bin"], batch["censorship"], batch["grade"], cfg)
+            if not dist.active and not math.isfinite(float(loss.detach())):
+                # one process: stop at once (under torchrun every rank must keep its collectives in
+                # step, so the check below on the all-reduced epoch loss stops all of them together)
+                raise ValueError(_nonfinite_loss_message(fold.k, float(loss.detach()), epoch, i,
+                                                         batch["case_ids"], out))
             optim.zero_grad(set_to_none=True)
             loss.backward()
             optim.step()
             losses.append(float(loss.detach()))
         row = {"epoch": epoch, "train_loss": dist.mean(float(np.mean(losses)), len(losses))}
+        if not math.isfinite(row["train_loss"]):
+            raise ValueError(_nonfinite_loss_message(fold.k, row["train_loss"], epoch, None, None, out))
         if has_val:  # rank 0 scores; every rank takes its decision
             score, vlog = validation_score(run_model(model, cfg, val_loader, device), cfg, opts.selection) \
                 if dist.is_main else (None, None)
@@ -302,6 +320,12 @@ def train_fold(cohort: Cohort, fold: Fold, opts: PredictorOptions, out: Path, *,
             break
     bar.close()
     in_sync = check_in_sync(model, dist, f"train-predictor fold {fold.k}")
+    if best_state is None:  # every validation score was NaN/inf (NaN < best is False)
+        seen = sorted({str(r.get("val_loss")) for r in log})
+        raise ValueError(f"fold {fold.k}: no epoch of {len(log)} gave a finite validation score (val_loss: "
+                         f"{', '.join(seen)}), so there is no best model to keep (log: {out / 'log.csv'}); check "
+                         f"the inputs of the fold's {len(parts['val'])} validation patients for NaN/inf (expression "
+                         "table, patch-feature .h5 files, survival labels)")
     model.load_state_dict(best_state)
     if not dist.is_main:
         return {"fold": fold.k, "rank": dist.rank, "ranks_in_sync": in_sync}, None
@@ -314,14 +338,24 @@ def train_fold(cohort: Cohort, fold: Fold, opts: PredictorOptions, out: Path, *,
     test = preds[preds["part"] == "test"]
     metrics = fold_metrics(test, preds[preds["part"] == "train"], bins.edges, categories, n_boot=opts.n_boot,
                            seed=opts.seed)
+    with atomic_path(out / "predictions.csv") as tmp:  # before summary.json, which marks the fold finished
+        preds.to_csv(tmp, index=False)
+    settings = fold_settings(cohort, fold, opts)
     summary = {"fold": fold.k, **{f"n_{k}": len(v) for k, v in parts.items()}, "dropped": dropped,
                "best_epoch": best_epoch, "epochs_run": len(log), "selection": opts.selection if val_loader else
                "last epoch (no validation patients)", "best_val_score": best,
                "best_val": next((r for r in log if r["epoch"] == best_epoch), None), "survival_bins": bins.to_dict(),
                "world_size": dist.world, "batch_size_per_rank": opts.batch_size, "ranks_in_sync": in_sync,
-               "checkpoint": str(ckpt_path), **metrics, "log": log}
+               "checkpoint": str(ckpt_path), "predictions": str(out / "predictions.csv"), **metrics,
+               "settings_key": settings_key(settings), "settings": settings, "log": log}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=_json_default))
     return summary, preds
+
+
+def _nonfinite_loss_message(k: int, value: float, epoch: int, batch: int | None, case_ids, out: Path) -> str:
+    where = f"epoch {epoch}" + (f", batch {batch} (patients {list(case_ids)[:8]})" if batch is not None else "")
+    return (f"fold {k}: training loss is {value} at {where}; stopped (log: {out / 'log.csv'}). Check the inputs "
+            "for NaN/inf (expression table, patch-feature .h5 files, survival labels) or lower --lr")
 
 
 def _json_default(o):
@@ -346,11 +380,139 @@ def _clean(o):
 
 
 # --------------------------------------------------------------------------------------------
+# resuming: which folds of a run folder are finished, and with which settings
+# --------------------------------------------------------------------------------------------
+# Options that do not change what a fold computes: a fold trained on CPU is reused by a GPU re-run.
+SETTINGS_IGNORED = ("device",)
+
+
+def fold_settings(cohort: Cohort, fold: Fold, opts: PredictorOptions) -> dict:
+    """What a fold's results depend on, compared before a finished fold is reused.
+
+    * ``options``: every ``PredictorOptions`` field but ``device``;
+    * ``grade_categories``: the cohort's grade classes (the size of the grade head);
+    * ``parts``: the fold's patients per part (train / val / calibration / test);
+    * ``data_sha256``: a digest of the cohort inputs those patients read: their manifest labels,
+      the gene families and their expression rows (expression / multimodal models), their
+      patch-feature file names and sizes (slide / multimodal models). Contents, not paths, so a
+      moved run or cohort folder still resumes, and an edited table does not.
+    """
+    ids = sorted({str(c) for part in fold.parts().values() for c in part})
+    h = hashlib.sha256()
+    cases = cohort.manifest.cases()
+    cases.index = cases.index.astype(str)
+    h.update(cases.reindex(ids).to_csv().encode())
+    if opts.model in ("expression", "multimodal"):
+        fam = cohort.families
+        h.update(json.dumps(fam.to_dict(), sort_keys=True, default=str).encode())
+        expr = cohort.expression.set_axis(cohort.expression.index.astype(str))
+        have = set(expr.index)
+        rows = [c for c in ids if c in have]
+        e = expr.loc[rows, fam.columns]
+        h.update(json.dumps(rows).encode())
+        h.update(np.ascontiguousarray(e.to_numpy(np.float64)).tobytes())
+    if opts.model in ("slide", "multimodal"):
+        for c in ids:
+            for f in cohort.features.get(c, []) or []:
+                f = Path(f)
+                h.update(f"{c}:{f.name}:{f.stat().st_size if f.exists() else -1}\n".encode())
+    return {"options": {k: v for k, v in dataclasses.asdict(opts).items() if k not in SETTINGS_IGNORED},
+            "grade_categories": grade_categories(cohort, opts.use_grade), "parts": fold.to_dict(),
+            "data_sha256": h.hexdigest()}
+
+
+def settings_key(settings: dict) -> str:
+    """Short digest of ``fold_settings`` (stored in each fold's summary.json)."""
+    return hashlib.sha256(json.dumps(_clean(settings), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _settings_diff(old: dict, new: dict) -> str:
+    """What differs between two ``fold_settings``, in words."""
+    diffs = []
+    o_opts, n_opts = old.get("options") or {}, new.get("options") or {}
+    for k in sorted(set(o_opts) | set(n_opts)):
+        if o_opts.get(k) != n_opts.get(k):
+            diffs.append(f"--{k.replace('_', '-')} {o_opts.get(k)!r} then, {n_opts.get(k)!r} now")
+    if old.get("grade_categories") != new.get("grade_categories"):
+        diffs.append(f"grade categories {old.get('grade_categories')} then, {new.get('grade_categories')} now")
+    if old.get("parts") != new.get("parts"):
+        diffs.append("the fold's patients (splits) differ")
+    if old.get("data_sha256") != new.get("data_sha256"):
+        diffs.append("the cohort inputs of its patients (labels, expression or feature files) differ")
+    return "; ".join(diffs) or "settings differ"
+
+
+FOLD_DIR = re.compile(r"fold_(\d+)$")
+
+
+def finished_folds(out: Path, cohort: Cohort, resolved: Sequence[Fold], opts: PredictorOptions) -> dict[int, dict]:
+    """``{k: summary}`` of the folds of ``out`` that finished with the settings of this call.
+
+    A fold is finished when its ``summary.json`` (written last, atomically) is there; a fold
+    folder without one (a crash mid-fold) is simply trained again. A finished fold with other
+    settings, one from an older pathgen (no per-fold predictions) or one the splits do not have
+    is an error: the run folder would mix two runs.
+    """
+    by_k = {f.k: f for f in resolved}
+    fix = "pass a new --out, or --overwrite to start this run folder over"
+    done = {}
+    for d in sorted(out.glob("fold_*")):
+        m = FOLD_DIR.match(d.name)
+        if not (m and d.is_dir() and (d / "summary.json").exists()):
+            continue
+        k = int(m.group(1))
+        try:
+            summary = json.loads((d / "summary.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{d / 'summary.json'}: unreadable ({exc}); delete {d} to train fold {k} again, or "
+                             f"{fix}") from exc
+        if k not in by_k:
+            raise ValueError(f"{d}: fold {k} finished in this run folder, but the splits now have folds "
+                             f"{sorted(by_k)}; {fix}")
+        if "settings_key" not in summary or not (d / "predictions.csv").exists():
+            raise ValueError(f"{d}: finished by an older pathgen (no settings key or per-fold predictions.csv), so "
+                             f"it can be neither checked nor combined with new folds; {fix}")
+        settings = fold_settings(cohort, by_k[k], opts)
+        if summary["settings_key"] != settings_key(settings):
+            raise ValueError(f"{d}: fold {k} finished with other settings than this call's "
+                             f"({_settings_diff(summary.get('settings') or {}, settings)}); a re-run into the same "
+                             f"--out only resumes the same run: {fix}")
+        done[k] = summary
+    return done
+
+
+def read_fold_predictions(path: Path) -> pd.DataFrame:
+    """A fold's ``predictions.csv`` (ids and grade labels kept as strings)."""
+    return pd.read_csv(path, dtype={"case_id": str, "grade": str}, keep_default_na=False, na_values=[""])
+
+
+def clear_run(out: Path) -> list[str]:
+    """``--overwrite``: remove what ``train-predictor`` wrote in ``out`` (fold folders and the run files)."""
+    removed = []
+    for d in sorted(out.glob("fold_*")):
+        if FOLD_DIR.match(d.name) and d.is_dir():
+            shutil.rmtree(d)
+            removed.append(d.name)
+    for name in ("metrics.json", "predictions.csv", "run.json", "splits.json"):
+        if (out / name).exists():
+            (out / name).unlink()
+            removed.append(name)
+    return removed
+
+
+# --------------------------------------------------------------------------------------------
 # cross-validation
 # --------------------------------------------------------------------------------------------
 def train_predictor_cv(cohort: Cohort, opts: PredictorOptions, out: Path, *, folds: Sequence[int] | None = None,
-                       inputs: dict | None = None, progress: bool = True, dist: Dist | None = None) -> dict | None:
-    """Run the k-fold CV and write the run folder (see module docstring).
+                       inputs: dict | None = None, progress: bool = True, dist: Dist | None = None,
+                       overwrite: bool = False) -> dict | None:
+    """Run the k-fold CV and write the run folder (see module docstring); resumes an earlier call.
+
+    Every fold writes ``fold_<k>/predictions.csv`` and then ``fold_<k>/summary.json`` (with its
+    ``settings_key``, see ``fold_settings``). A re-run into the same ``out`` reuses the folds that
+    finished with the same settings (a fold finished with other settings is an error), trains the
+    requested folds that are not finished, and rebuilds ``predictions.csv`` and ``metrics.json``
+    from ALL finished folds of ``out`` (``metrics["folds_covered"]``), not only those of this call.
 
     Args:
         cohort: the cohort (its folds are resolved with ``resolve_folds`` first).
@@ -358,6 +520,7 @@ def train_predictor_cv(cohort: Cohort, opts: PredictorOptions, out: Path, *, fol
         out: run folder.
         folds: fold indices to run (default: all).
         inputs: how the cohort was loaded (paths), stored in ``run.json`` for ``pathgen evaluate``.
+        overwrite: delete the fold folders and run files of ``out`` first and start over.
 
     Returns:
         The ``metrics.json`` content (None on ranks other than 0 of a torchrun job).
@@ -368,41 +531,63 @@ def train_predictor_cv(cohort: Cohort, opts: PredictorOptions, out: Path, *, fol
     cases = cohort.manifest.cases()
     cases.index = cases.index.astype(str)
     resolved = resolve_folds(cohort.folds, cases, opts.inner_val_fraction, opts.seed)
-    if dist.is_main:
-        save_splits(out / "splits.json", resolved)
     cohort = dataclasses.replace(cohort, folds=resolved)
     todo = [f for f in resolved if folds is None or f.k in set(folds)]
     if not todo:
         raise ValueError(f"none of folds {list(folds or [])} is in the splits (have {[f.k for f in resolved]})")
+    # rank 0 looks at the folder; every rank takes its answer (or its error)
+    state = None
+    if dist.is_main:
+        try:
+            removed = clear_run(out) if overwrite else []
+            state = {"done": finished_folds(out, cohort, resolved, opts), "removed": removed, "error": None}
+        except ValueError as exc:
+            state = {"error": str(exc)}
+    state = dist.broadcast(state)
+    if state["error"]:
+        raise ValueError(state["error"])
+    done: dict[int, dict] = state["done"]
+    if dist.is_main and state["removed"]:
+        print(f"train-predictor: --overwrite removed {', '.join(state['removed'])} from {out}")
+    train = [f for f in todo if f.k not in done]
+    covered = sorted(set(done) | {f.k for f in train})
+    if dist.is_main:
+        save_splits(out / "splits.json", resolved)
     categories = grade_categories(cohort, opts.use_grade)
     if dist.is_main:
         atomic_write_text(out / "run.json", json.dumps(_clean({
             "model": opts.model, "inputs": inputs or {}, "options": dataclasses.asdict(opts),
-            "grade_categories": categories, "folds": [f.k for f in todo], "world_size": dist.world,
-            "versions": versions()}), indent=2))
-    summaries, frames = [], []
+            "grade_categories": categories, "folds": covered, "folds_trained": [f.k for f in train],
+            "folds_reused": sorted(done), "world_size": dist.world, "versions": versions()}), indent=2))
+        if done:
+            print(f"train-predictor: reusing finished fold(s) {sorted(done)} of {out} (same settings; "
+                  f"--overwrite starts over); training {[f.k for f in train] or 'none'}")
     t0 = time.perf_counter()
-    for f in tqdm(todo, desc=f"train-predictor {opts.model}", disable=not (progress and dist.is_main)):
-        s, p = train_fold(cohort, f, opts, out / f"fold_{f.k}", progress=progress, dist=dist)
-        summaries.append(s)
-        frames.append(p)
+    for f in tqdm(train, desc=f"train-predictor {opts.model}", disable=not (progress and dist.is_main)):
+        train_fold(cohort, f, opts, out / f"fold_{f.k}", progress=progress, dist=dist)
     if not dist.is_main:
         return None
-    preds = pd.concat(frames, ignore_index=True)
+    summaries = [json.loads((out / f"fold_{k}" / "summary.json").read_text()) for k in covered]
+    preds = pd.concat([read_fold_predictions(out / f"fold_{k}" / "predictions.csv") for k in covered],
+                      ignore_index=True)
     with atomic_path(out / "predictions.csv") as tmp:
         preds.to_csv(tmp, index=False)
-    fold_rows = [{k: v for k, v in s.items() if k != "log"} for s in summaries]
+    fold_rows = [{k: v for k, v in s.items() if k not in ("log", "settings")} for s in summaries]
     mean, sd = mean_sd(fold_rows)
     tests = preds[preds["part"] == "test"]
+    missing = [f.k for f in resolved if f.k not in covered]
     metrics = {
-        "model": opts.model, "n_folds": len(todo), "grade_categories": categories,
+        "model": opts.model, "n_folds": len(covered), "grade_categories": categories,
         "n_patients_tested": int(tests["case_id"].nunique()),
         "folds": fold_rows, "mean": mean, "sd": sd,
         "fold_averaged_bootstrap": pooled_bootstrap(tests, categories, n_boot=opts.n_boot, seed=opts.seed),
         "selection": f"validation {opts.selection}; the test part is used once, after selection",
+        "folds_covered": covered, "folds_trained": [f.k for f in train], "folds_reused": sorted(done),
+        "folds_missing": missing, "complete": not missing,
         "seconds": round(time.perf_counter() - t0, 1), "options": dataclasses.asdict(opts),
         "files": {"predictions": "predictions.csv", "splits": "splits.json",
-                  "checkpoints": [f"fold_{f.k}/predictor.pt" for f in todo]},
+                  "checkpoints": [f"fold_{k}/predictor.pt" for k in covered],
+                  "fold_predictions": [f"fold_{k}/predictions.csv" for k in covered]},
         "versions": versions(),
     }
     metrics = _clean(json.loads(json.dumps(metrics, default=_json_default)))
@@ -413,6 +598,10 @@ def train_predictor_cv(cohort: Cohort, opts: PredictorOptions, out: Path, *, fol
 def format_summary(metrics: dict) -> str:
     m, s = metrics["mean"], metrics["sd"]
     lines = [f"{metrics['model']} predictor, {metrics['n_folds']} folds, {metrics['n_patients_tested']} test patients"]
+    if "folds_covered" in metrics:
+        lines.append(f"  folds {metrics['folds_covered']} (trained now {metrics['folds_trained']}, reused "
+                     f"{metrics['folds_reused']}"
+                     + (f"; not run yet: {metrics['folds_missing']}" if metrics.get("folds_missing") else "") + ")")
     for k in ("c_index", "c_index_ipcw", "ibs", "grade_auc_macro", "grade_auc_micro", "balanced_accuracy",
               "kappa_quadratic"):
         if m.get(k) is not None:
@@ -432,7 +621,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "histological_grade when present)")
     p.add_argument("--grade-table", type=Path, default=None, help="CSV with case_id + a grade column, merged in")
     p.add_argument("--no-grade", action="store_true", help="survival head only, even if the table has grades")
-    p.add_argument("--folds", default=None, help="comma-separated fold indices to run (default: all)")
+    p.add_argument("--folds", default=None, help="comma-separated fold indices to run (default: all); folds of "
+                   "--out that finished with the same settings are reused, and metrics.json covers every finished "
+                   "fold of --out")
+    p.add_argument("--overwrite", action="store_true", help="delete the fold folders, metrics.json and "
+                   "predictions.csv of --out first and start over (needed when the settings changed)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--quiet", action="store_true")
     d = PredictorOptions()
@@ -485,7 +678,7 @@ def main(args: argparse.Namespace) -> int:
     dist = Dist.for_device(resolve_device(opts.device))
     try:
         metrics = train_predictor_cv(cohort, opts, out, folds=folds, inputs=cohort_inputs(args),
-                                     progress=not args.quiet, dist=dist)
+                                     progress=not args.quiet, dist=dist, overwrite=getattr(args, "overwrite", False))
         dist.barrier()  # rank 0 has written every file
     finally:
         dist.close()

@@ -4,6 +4,7 @@ atomically. Synthesized expression is transformed with the same training transfo
 from __future__ import annotations
 
 import platform
+import warnings
 from pathlib import Path
 
 import torch
@@ -45,13 +46,50 @@ def save_predictor(path: str | Path, *, model_state: dict, config: PredictorConf
 
 
 def load_predictor_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Read a predictor checkpoint written by ``save_predictor``.
+
+    Unreadable files (truncated, not a torch file, a folder) and other checkpoints raise a
+    ``ValueError`` naming the file and the fix; a checkpoint written by another pathgen
+    major.minor warns. The returned dict carries its file under ``"_source"`` (for later errors).
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no predictor checkpoint here (train one with `pathgen train-predictor`)")
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder, not a predictor checkpoint; pass the file inside it, e.g. "
+                         f"{path / 'fold_0' / 'predictor.pt'} or {path / 'predictor.pt'}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # truncated zip, pickle garbage, text file, ...: all mean "not readable"
+        raise ValueError(f"{path}: cannot be read as a predictor checkpoint ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); the file is truncated or not a "
+                         "torch checkpoint: point to a fold's predictor.pt of a finished run, or delete that fold_<k> "
+                         "folder and re-run `pathgen train-predictor ... --out RUN` (it retrains only missing folds)"
+                         ) from exc
     if not isinstance(ckpt, dict) or ckpt.get("kind") != KIND:
-        raise ValueError(f"{path}: not a pathgen predictor checkpoint")
+        kind = ckpt.get("kind") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(f"{path}: not a pathgen predictor checkpoint (kind {kind!r}, expected {KIND!r}); pass a "
+                         "fold's predictor.pt of a `pathgen train-predictor` run folder")
+    check_versions(ckpt.get("versions") or {}, path)
+    ckpt["_source"] = str(path)
     return ckpt
+
+
+def _major_minor(version: str) -> tuple[str, ...]:
+    return tuple(str(version).split("+")[0].split(".")[:2])
+
+
+def check_versions(stored: dict, path: str | Path) -> bool:
+    """Warn when the checkpoint's pathgen major.minor differs from the running one; True if they match."""
+    import pathgen
+
+    saved = stored.get("pathgen")
+    if saved is None or _major_minor(saved) == _major_minor(pathgen.__version__):
+        return True
+    warnings.warn(f"{path}: written by pathgen {saved}, running pathgen {pathgen.__version__}; the model or its "
+                  f"data transforms may have changed since: install pathgen {'.'.join(_major_minor(saved))}.x to "
+                  "reproduce it, or retrain with this version (`pathgen train-predictor`)", UserWarning, stacklevel=3)
+    return False
 
 
 def predictor_from_checkpoint(ckpt: dict, device="cpu") -> tuple[nn.Module, PredictorConfig, dict]:
@@ -60,9 +98,16 @@ def predictor_from_checkpoint(ckpt: dict, device="cpu") -> tuple[nn.Module, Pred
     Returns:
         ``(model, config, {"families", "transform", "bins", "grade_categories"})``.
     """
-    cfg = PredictorConfig.from_dict(ckpt["config"])
+    source = ckpt.get("_source", "predictor checkpoint")
+    cfg = PredictorConfig.from_dict(ckpt["config"], source=source)
     model = build_predictor(cfg)
-    model.load_state_dict(ckpt["model"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        saved = (ckpt.get("versions") or {}).get("pathgen", "unknown")
+        raise ValueError(f"{source}: its weights do not fit the model its config describes (written by pathgen "
+                         f"{saved}): {str(exc).splitlines()[0]} ...; the file was altered or comes from another "
+                         "pathgen version: retrain it with `pathgen train-predictor`") from exc
     model.to(device).eval()
     fam = GeneFamilies.from_dict(ckpt["families"]) if ckpt.get("families") else None
     tr = ExpressionTransform.from_state_dict(ckpt["transform"]) if ckpt.get("transform") else None

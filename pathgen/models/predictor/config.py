@@ -94,9 +94,16 @@ class PredictorConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PredictorConfig":
+    def from_dict(cls, d: dict, source: str = "PredictorConfig") -> "PredictorConfig":
+        """Rebuild a config from ``to_dict`` output; unknown keys are an error (a newer pathgen's
+        field silently dropped would rebuild a different model). ``source`` names the file in errors."""
         names = {f.name for f in dataclasses.fields(cls)}
-        kw = {k: v for k, v in d.items() if k in names}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"{source}: unknown predictor config keys {unknown} (this pathgen knows "
+                             f"{sorted(names)}); the checkpoint was probably written by another pathgen version: "
+                             "load it with that version, or retrain it with this one (`pathgen train-predictor`)")
+        kw = dict(d)
         kw["family_names"] = tuple(kw.get("family_names", ()))
         kw["family_sizes"] = tuple(int(s) for s in kw.get("family_sizes", ()))
         return cls(**kw)
