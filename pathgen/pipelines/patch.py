@@ -152,6 +152,10 @@ def validate(args: argparse.Namespace) -> None:
         raise sb.UsageError("need a finite --target-mpp > 0, --patch-size >= 8 and 0 <= --overlap < --patch-size")
     if not 0 <= args.min_tissue_fraction <= 1:
         raise sb.UsageError("--min-tissue-fraction must be within [0, 1]")
+    for flag in ("min_tissue_mm2", "min_hole_mm2"):
+        value = getattr(args, flag, 0.0)
+        if not (math.isfinite(value) and value >= 0):
+            raise sb.UsageError(f"--{flag.replace('_', '-')} must be a finite number >= 0, got {value}")
 
 
 def main(args: argparse.Namespace) -> int:

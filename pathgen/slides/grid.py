@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,8 +162,8 @@ def read_mpp_csv(path: str | os.PathLike) -> dict[str, float]:
                 mpp = float(row["mpp"])
             except (TypeError, ValueError):
                 mpp = -1.0
-            if not mpp > 0:
-                raise ValueError(f"{path}:{i}: mpp must be a positive number, got {row['mpp']!r}")
+            if not (math.isfinite(mpp) and mpp > 0):
+                raise ValueError(f"{path}:{i}: mpp must be a finite positive number, got {row['mpp']!r}")
             name = os.path.basename(row[id_col].strip())
             out[name] = mpp  # ids like "TCGA-...-DX1.<uuid>" contain dots: keep the raw name too
             out.setdefault(os.path.splitext(name)[0], mpp)

@@ -389,6 +389,7 @@ def test_resume_checks_this_runs_outputs(small_dir, tmp_path, monkeypatch):
 
 
 def test_non_finite_numbers_are_usage_errors(small_dir, tmp_path):
-    for flags in (("--target-mpp", "nan"), ("--target-mpp", "inf"), ("--mpp", "inf")):
+    for flags in (("--target-mpp", "nan"), ("--target-mpp", "inf"), ("--mpp", "inf"), ("--min-tissue-mm2", "nan"),
+                  ("--min-hole-mm2", "-1")):
         assert run("patch", small_dir, "--out", tmp_path / "out", *flags) == 1, flags
     assert not (tmp_path / "out").exists()

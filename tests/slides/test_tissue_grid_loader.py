@@ -146,9 +146,10 @@ def test_read_mpp_csv(tmp_path):
     (tmp_path / "bad.csv").write_text("name,res\na,1\n")
     with pytest.raises(ValueError, match="slide_id,mpp"):
         read_mpp_csv(tmp_path / "bad.csv")
-    (tmp_path / "neg.csv").write_text("wsi,mpp\na,-1\n")
-    with pytest.raises(ValueError, match="positive"):
-        read_mpp_csv(tmp_path / "neg.csv")
+    for bad in ("-1", "inf", "nan"):
+        (tmp_path / "neg.csv").write_text(f"wsi,mpp\na,{bad}\n")
+        with pytest.raises(ValueError, match="finite positive"):
+            read_mpp_csv(tmp_path / "neg.csv")
 
 
 # ---------------------------------------------------------------- loader
