@@ -166,6 +166,18 @@ def check_settings(out: Path, settings: dict) -> str | None:
     return None
 
 
+def unmatched_mpp_ids(table: dict[str, float], slide_ids: list[str]) -> list[str]:
+    """``--mpp-csv`` ids that name no slide. ``read_mpp_csv`` keys each row by its id and by the id
+    without its last extension (``a.svs`` -> ``a``; ``TCGA-..-DX1.<uuid>`` -> ``TCGA-..-DX1``), so a row
+    counts as matched when either key is a slide id; one id is reported per unmatched row."""
+    ids = set(slide_ids)
+    stem = {k: os.path.splitext(k)[0] for k in table}
+    matched = {k for k in table if k in ids or stem[k] in ids}
+    matched |= {stem[k] for k in matched}  # the extension-less key of a matched row
+    unmatched = [k for k in table if k not in matched]
+    return sorted(k for k in unmatched if not any(j != k and stem[j] == k for j in unmatched))
+
+
 def stable_seed(seed: int, slide_id: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{slide_id}".encode()).digest()[:8], "little") & (2**63 - 1)
 
@@ -500,7 +512,7 @@ def main(args: argparse.Namespace) -> int:
         d.close()
         return sb.EXIT_USAGE
     order = inputs["slide_id"].tolist()
-    unknown = sorted(set(mpp_table) - set(order))
+    unknown = unmatched_mpp_ids(mpp_table, order)
     if unknown and d.rank == 0:
         print(f"warning: {args.mpp_csv}: {len(unknown)} slide ids match no slide of {args.manifest} "
               f"(e.g. {unknown[:3]}); their MPP is not used", file=sys.stderr)

@@ -189,3 +189,19 @@ def test_slide_ids_with_extension_and_duplicates(setup, tmp_path, capsys):
     assert cli_main(["synthesize-cohort", str(man), "--features", str(paths["features"]), "--model", str(ckpt),
                      "--out", str(tmp_path / "dup"), *COMMON]) == 1
     assert "listed more than once" in capsys.readouterr().err
+
+
+def test_unmatched_mpp_ids_one_per_row_and_dotted_ids_match():
+    from pathgen.pipelines.synthesize_cohort import unmatched_mpp_ids
+    from pathgen.slides.grid import read_mpp_csv
+
+    def table(tmp_rows):
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as d:
+            p = Path(d) / "mpp.csv"
+            p.write_text("slide_id,mpp\n" + "".join(f"{r},0.5\n" for r in tmp_rows))
+            return read_mpp_csv(p)
+
+    t = table(["a.svs", "TCGA-XX-DX1.AB12-CD", "zz.svs", "q"])
+    assert unmatched_mpp_ids(t, ["a", "TCGA-XX-DX1.AB12-CD", "b"]) == ["q", "zz.svs"]
