@@ -85,6 +85,11 @@ def strata_labels(cases: pd.DataFrame, by: Sequence[str] = ("grade", "event"), m
     return labels
 
 
+# MCAT/PORPOISE folds carry no validation part of their own (their ``val`` column is the reported,
+# held-out fold): ``resolve_folds`` carves one of this share from ``train``.
+INNER_VAL_FRACTION = 0.15
+
+
 def carve_validation(train: Sequence[str], cases: pd.DataFrame, fraction: float, seed: int
                      ) -> tuple[list[str], list[str]]:
     """Split ``train`` into (train, val), ``val`` ~ ``fraction`` of it, stratified by grade and event."""

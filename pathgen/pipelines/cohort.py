@@ -18,7 +18,7 @@ from pathgen.data.expression import read_expression
 from pathgen.data.families import GeneFamilies, load_gene_families
 from pathgen.data.manifest import Manifest, check_cohort, read_manifest
 from pathgen.data.expression import read_table
-from pathgen.data.splits import Fold, make_folds, resolve_folds
+from pathgen.data.splits import INNER_VAL_FRACTION, Fold, make_folds, resolve_folds
 from pathgen.data.splits import read_splits as read_mcat_splits
 from pathgen.utils.io import atomic_write_text
 
@@ -92,11 +92,6 @@ def load_cohort(args: argparse.Namespace, *, families: GeneFamilies | None = Non
 
 def save_splits(path: Path, folds: list[Fold]) -> None:
     atomic_write_text(path, json.dumps({"folds": [f.to_dict() for f in folds]}, indent=1))
-
-
-# MCAT/PORPOISE folds carry no validation part of their own (their ``val`` column is the reported,
-# held-out fold): one is carved from ``train``, the same fraction the predictor used to carve.
-INNER_VAL_FRACTION = 0.15
 
 
 def read_folds(path: Path, manifest: Manifest, *, seed: int, manifest_path: Path | str = "the manifest") -> list[Fold]:

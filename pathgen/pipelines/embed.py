@@ -19,7 +19,7 @@ import numpy as np
 
 from pathgen.pipelines import slide_batch as sb
 from pathgen.pipelines.patch import MPPChoice, PatchOptions, mpp_overrides, patch_paths, run_patch_stage, validate
-from pathgen.slides.errors import SlideError
+from pathgen.slides.errors import SlideError, slide_read_error
 
 
 def feature_paths(out: Path, slide_id: str, save_pt: bool) -> list[Path]:
@@ -73,9 +73,7 @@ def embed_one(slide: sb.Slide, out: Path, encoder, opts: PatchOptions, mpp: MPPC
             except SlideError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a decode failure mid-slide is a bad-input error
-                raise SlideError(slide.path, f"reading patches failed ({type(exc).__name__}: "
-                                             f"{' '.join(str(exc).split())[:160]})",
-                                 "the file may be corrupt: copy it again, or try another --backend") from exc
+                raise slide_read_error(slide.path, "reading patches", exc) from exc
             if batch is None:
                 break
             _, x = batch

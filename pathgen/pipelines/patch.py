@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pathgen.pipelines import slide_batch as sb
-from pathgen.slides.errors import NoTissueError, SlideError
+from pathgen.slides.errors import NoTissueError, SlideError, slide_read_error
 
 
 @dataclass(frozen=True)
@@ -83,9 +83,7 @@ def patch_one(path: Path, slide_id: str, out: Path, opts: PatchOptions, mpp: MPP
         except SlideError:
             raise
         except Exception as exc:  # noqa: BLE001 - a decode failure (OpenSlideError, Jpeg8Error...) is a bad input
-            raise SlideError(path, f"reading the slide failed ({type(exc).__name__}: "
-                                   f"{' '.join(str(exc).split())[:160]})",
-                             "the file may be corrupt: copy it again, or try another --backend") from exc
+            raise slide_read_error(path, "reading the slide", exc) from exc
         coords, frac = tissue_coords(reader.dimensions, plan, tissue, opts.min_tissue_fraction)
         info = reader.info()
     # the overlay is written even without patches, so a person can see why

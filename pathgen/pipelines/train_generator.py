@@ -428,8 +428,9 @@ def main(args: argparse.Namespace) -> int:
     try:
         prepare_run_folder(out, args.resume, args.overwrite, dist)  # before splits.json is (re)written
         cohort = load_cohort(args, write_splits=out / "splits.json" if dist.is_main else None)
+        # the folder is prepared above (an --overwrite has already deleted the old outputs)
         summary = train_generator(cohort, args.fold, out, opts, resume=args.resume, progress=not args.quiet,
-                                  dist=dist, overwrite=args.overwrite)
+                                  dist=dist)
     finally:
         dist.close()
     if dist.is_main:

@@ -51,7 +51,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from pathgen.data.bags import PatientBags
-from pathgen.data.splits import Fold, carve_validation, resolve_folds  # noqa: F401 (re-exported)
+from pathgen.data.splits import INNER_VAL_FRACTION, Fold, resolve_folds
 from pathgen.data.survival import fit_survival_bins
 from pathgen.data.transforms import ExpressionTransform
 from pathgen.eval.metrics import c_index
@@ -93,7 +93,7 @@ class PredictorOptions:
     lr: float = 2e-4
     weight_decay: float = 1e-5
     selection: str = "loss"
-    inner_val_fraction: float = 0.15
+    inner_val_fraction: float = INNER_VAL_FRACTION  # only for folds without a test part (cohorts built by hand)
     max_patches: int | None = 512
     eval_max_patches: int | None = 8192
     n_boot: int = 1000
@@ -283,15 +283,15 @@ def train_fold(cohort: Cohort, fold: Fold, opts: PredictorOptions, out: Path, *,
         for i, batch in enumerate(train_loader):
             o = net(**model_inputs(batch, cfg, device))
             loss, _ = predictor_loss(o, batch["survival_bin"], batch["censorship"], batch["grade"], cfg)
-            if not dist.active and not math.isfinite(float(loss.detach())):
+            value = float(loss.detach())
+            if not dist.active and not math.isfinite(value):
                 # one process: stop at once (under torchrun every rank must keep its collectives in
                 # step, so the check below on the all-reduced epoch loss stops all of them together)
-                raise ValueError(_nonfinite_loss_message(fold.k, float(loss.detach()), epoch, i,
-                                                         batch["case_ids"], out))
+                raise ValueError(_nonfinite_loss_message(fold.k, value, epoch, i, batch["case_ids"], out))
             optim.zero_grad(set_to_none=True)
             loss.backward()
             optim.step()
-            losses.append(float(loss.detach()))
+            losses.append(value)
         row = {"epoch": epoch, "train_loss": dist.mean(float(np.mean(losses)), len(losses))}
         if not math.isfinite(row["train_loss"]):
             raise ValueError(_nonfinite_loss_message(fold.k, row["train_loss"], epoch, None, None, out))
@@ -423,7 +423,9 @@ def fold_settings(cohort: Cohort, fold: Fold, opts: PredictorOptions) -> dict:
 
 def settings_key(settings: dict) -> str:
     """Short digest of ``fold_settings`` (stored in each fold's summary.json)."""
-    return hashlib.sha256(json.dumps(_clean(settings), sort_keys=True, default=str).encode()).hexdigest()[:16]
+    from pathgen.pipelines.slide_batch import config_hash
+
+    return config_hash(_clean(settings))
 
 
 def _settings_diff(old: dict, new: dict) -> str:

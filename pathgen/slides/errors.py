@@ -42,3 +42,10 @@ class NoTissueError(SlideError):
 
 class BackendUnavailableError(ImportError):
     """A requested backend is not installed; the message carries the pip command."""
+
+
+def slide_read_error(path, what: str, exc: BaseException) -> SlideError:
+    """A decode failure while reading ``path`` (OpenSlideError, a codec error, ...) as a bad-input
+    ``SlideError``: ``what`` failed, the cause in one line, and the fix."""
+    return SlideError(path, f"{what} failed ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})",
+                      "the file may be corrupt: copy it again, or try another --backend")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import platform
-import warnings
 from pathlib import Path
 
 import torch
@@ -14,6 +13,7 @@ from pathgen.data.transforms import ExpressionTransform
 from pathgen.models.generator.config import GeneratorConfig
 from pathgen.models.generator.model import PathGenDenoiser
 from pathgen.utils.io import atomic_path
+from pathgen.utils.versions import warn_if_other_pathgen
 
 
 class EMA:
@@ -58,10 +58,6 @@ def save_checkpoint(path: Path, *, model_state: dict, config: GeneratorConfig, f
         torch.save(payload, tmp)
 
 
-def _major_minor(version: str) -> tuple[str, ...]:
-    return tuple(str(version).split("+")[0].split(".")[:2])
-
-
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     """Read a generator checkpoint (``generator.pt`` or ``last.pt``) and check it.
 
@@ -92,10 +88,8 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     import pathgen
 
     saved = (ckpt.get("versions") or {}).get("pathgen")
-    if saved is not None and _major_minor(saved) != _major_minor(pathgen.__version__):
-        warnings.warn(f"{path}: written by pathgen {saved}, running pathgen {pathgen.__version__}; it may load "
-                      "or behave differently: re-train it with this version, or install pathgen "
-                      f"{'.'.join(_major_minor(saved))}.x to use it as it was", stacklevel=2)
+    warn_if_other_pathgen(path, saved, "it may load or behave differently: re-train it with this version, or "
+                          "install pathgen {series}.x to use it as it was")
     try:
         GeneratorConfig.from_dict(ckpt["config"])
     except (KeyError, TypeError, ValueError) as e:

@@ -4,7 +4,6 @@ atomically. Synthesized expression is transformed with the same training transfo
 from __future__ import annotations
 
 import platform
-import warnings
 from pathlib import Path
 
 import torch
@@ -16,6 +15,7 @@ from pathgen.data.transforms import ExpressionTransform
 from pathgen.models.predictor.config import PredictorConfig
 from pathgen.models.predictor.factory import build_predictor
 from pathgen.utils.io import atomic_path
+from pathgen.utils.versions import warn_if_other_pathgen
 
 KIND = "pathgen.predictor"
 
@@ -75,21 +75,11 @@ def load_predictor_checkpoint(path: str | Path, map_location="cpu") -> dict:
     return ckpt
 
 
-def _major_minor(version: str) -> tuple[str, ...]:
-    return tuple(str(version).split("+")[0].split(".")[:2])
-
-
 def check_versions(stored: dict, path: str | Path) -> bool:
     """Warn when the checkpoint's pathgen major.minor differs from the running one; True if they match."""
-    import pathgen
-
-    saved = stored.get("pathgen")
-    if saved is None or _major_minor(saved) == _major_minor(pathgen.__version__):
-        return True
-    warnings.warn(f"{path}: written by pathgen {saved}, running pathgen {pathgen.__version__}; the model or its "
-                  f"data transforms may have changed since: install pathgen {'.'.join(_major_minor(saved))}.x to "
-                  "reproduce it, or retrain with this version (`pathgen train-predictor`)", UserWarning, stacklevel=3)
-    return False
+    return warn_if_other_pathgen(path, stored.get("pathgen"), "the model or its data transforms may have changed "
+                                 "since: install pathgen {series}.x to reproduce it, or retrain with this version "
+                                 "(`pathgen train-predictor`)", stacklevel=4)
 
 
 def predictor_from_checkpoint(ckpt: dict, device="cpu") -> tuple[nn.Module, PredictorConfig, dict]:
