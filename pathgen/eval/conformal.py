@@ -329,6 +329,9 @@ def predict_sets(
         y = np.asarray(labels)
         if y.shape != (len(p),) or not np.issubdtype(y.dtype, np.integer):
             raise ValueError(f"labels must be integer [N] = [{len(p)}]")
+        if len(y) and (y.min() < 0 or y.max() >= cal.n_classes):
+            raise ValueError(f"labels must be in [0, {cal.n_classes}), got {int(y.min())}..{int(y.max())}; "
+                             "leave patients without a grade (grade_index -1) out of the test set")
         cov = member[np.arange(len(p)), y]
         out.covered = [bool(c) if ok else None for c, ok in zip(cov, has_set)]
         out.coverage = float(cov[has_set].mean()) if has_set.any() else None

@@ -77,30 +77,63 @@ def demographic_groups(
 
 
 def _nan_on_error(fn: Callable) -> Callable:
-    def wrapped(*args):
+    def wrapped(*args, **kwargs):
         try:
-            return fn(*args)
+            return fn(*args, **kwargs)
         except ValueError:
             return math.nan
     return wrapped
 
 
-def _metric_specs(df, time_col, event_col, risk_col, grade_col, prob_cols, covered_col, set_size_col):
+def _graded(fn: Callable) -> Callable:
+    """A grade metric ``fn(y, p)`` over the patients with a known grade (``y >= 0``; -1 or NaN = ungraded).
+
+    ``fold`` (optional): the fold each patient was tested in; the metric is then computed within
+    each fold and averaged (``metrics.fold_averaged``), so scores of different folds' models are
+    never ranked against each other.
+    """
+    def wrapped(y, p, fold=None):
+        y = np.asarray(y, dtype=float)
+        keep = np.isfinite(y) & (y >= 0)
+        yy, pp = y[keep].astype(int), np.asarray(p)[keep]
+        if fold is None:
+            return fn(yy, pp)
+        return M.fold_averaged(fn)(np.asarray(fold)[keep], yy, pp)
+    return wrapped
+
+
+def _accuracy(y, p):
+    if len(y) == 0:
+        raise ValueError("no graded patient")
+    return float(np.mean(p.argmax(axis=1) == y))
+
+
+def _finite_mean(x):
+    x = np.asarray(x, dtype=float)
+    x = x[np.isfinite(x)]
+    if len(x) == 0:
+        raise ValueError("no value")
+    return float(x.mean())
+
+
+def _metric_specs(df, time_col, event_col, risk_col, grade_col, prob_cols, covered_col, set_size_col, fold_col):
     """name -> (metric function, list of patient-aligned arrays) for the metrics that apply."""
     specs = {}
+    fold = [df[fold_col].to_numpy()] if fold_col is not None else []
     if risk_col is not None:
-        specs["c_index"] = (M.c_index, [df[time_col].to_numpy(float), df[event_col].to_numpy(int),
-                                        df[risk_col].to_numpy(float)])
+        arrays = [df[time_col].to_numpy(float), df[event_col].to_numpy(int), df[risk_col].to_numpy(float)]
+        specs["c_index"] = ((M.fold_averaged(M.c_index), fold + arrays) if fold else (M.c_index, arrays))
     if grade_col is not None:
-        y = df[grade_col].to_numpy()
+        y = pd.to_numeric(df[grade_col], errors="coerce").to_numpy(float)
         p = df[list(prob_cols)].to_numpy(float)
-        specs["auc_macro"] = (M.auc_macro, [y, p])
-        specs["balanced_accuracy"] = (M.balanced_accuracy, [y, p])
-        specs["accuracy"] = (lambda yy, pp: float(np.mean(pp.argmax(axis=1) == yy)), [y, p])
-    if covered_col is not None:
-        specs["conformal_coverage"] = (lambda c: float(np.mean(c)), [df[covered_col].to_numpy(float)])
+        specs["auc_macro"] = (_graded(M.auc_macro), [y, p] + fold)
+        # decisions (argmax) of different folds' models can be pooled: no fold averaging needed
+        specs["balanced_accuracy"] = (_graded(M.balanced_accuracy), [y, p])
+        specs["accuracy"] = (_graded(_accuracy), [y, p])
+    if covered_col is not None:  # NaN (no set, e.g. an ungraded patient) is left out
+        specs["conformal_coverage"] = (_finite_mean, [df[covered_col].to_numpy(float)])
     if set_size_col is not None:
-        specs["conformal_set_size"] = (lambda s: float(np.mean(s)), [df[set_size_col].to_numpy(float)])
+        specs["conformal_set_size"] = (_finite_mean, [df[set_size_col].to_numpy(float)])
     return specs
 
 
@@ -115,6 +148,7 @@ def fairness_report(
     prob_cols: Sequence[str] | None = None,
     covered_col: str | None = None,
     set_size_col: str | None = None,
+    fold_col: str | None = None,
     min_group_n: int = 30,
     alpha: float = 0.1,
     n_boot: int = 200,
@@ -131,9 +165,13 @@ def fairness_report(
         attributes: extra columns to audit, besides sex, age band and race.
         time_col, event_col, risk_col: survival labels (event 1 = death) and predicted risk;
             ``risk_col=None`` skips the C-index.
-        grade_col, prob_cols: integer grade and the class-probability columns (in class order).
+        grade_col, prob_cols: integer grade and the class-probability columns (in class order);
+            patients with grade -1 or NaN (ungraded) are left out of the grade metrics.
         covered_col, set_size_col: per-patient conformal outputs (e.g. ``SetPrediction.covered``
             and ``set_size`` of a marginal calibration) for per-group coverage and set size.
+        fold_col: the cross-validation fold each patient was tested in, when the table stacks
+            several folds' test patients: the C-index and AUC (rank metrics) are then computed
+            within each fold and averaged, never across folds' models.
         min_group_n: groups below it are flagged ``small``.
         alpha: conformal miscoverage, for the Mondrian-size flag.
         n_boot, level, seed: bootstrap settings (patients resampled within each group).
@@ -152,7 +190,7 @@ def fairness_report(
     if (grade_col is None) != (prob_cols is None):
         raise ValueError("give grade_col and prob_cols together")
     needed = [time_col, event_col] if risk_col is not None else []
-    needed += [c for c in (risk_col, grade_col, covered_col, set_size_col) if c is not None]
+    needed += [c for c in (risk_col, grade_col, covered_col, set_size_col, fold_col) if c is not None]
     needed += list(prob_cols or [])
     for col in needed:
         if col not in df:
@@ -161,7 +199,8 @@ def fairness_report(
         raise ValueError("the fairness table is empty")
     df = df.reset_index(drop=True)
     attrs = demographic_groups(df, attributes, sex_col, age_col, race_col)
-    specs = _metric_specs(df, time_col, event_col, risk_col, grade_col, prob_cols, covered_col, set_size_col)
+    specs = _metric_specs(df, time_col, event_col, risk_col, grade_col, prob_cols, covered_col, set_size_col,
+                          fold_col)
     if not specs:
         raise ValueError("nothing to audit: give risk_col, grade_col + prob_cols, or conformal columns")
     min_conf = min_calibration_size(alpha)
@@ -173,10 +212,12 @@ def fairness_report(
         # fairlearn MetricFrame for the grade (classification) metrics
         mf_values = {}
         if grade_col is not None:
+            names = ("auc_macro", "balanced_accuracy", "accuracy")
             mf = MetricFrame(
-                metrics={name: _nan_on_error(specs[name][0]) for name in ("auc_macro", "balanced_accuracy", "accuracy")},
-                y_true=df[grade_col].to_numpy(), y_pred=df[list(prob_cols)].to_numpy(float),
+                metrics={name: _nan_on_error(specs[name][0]) for name in names},
+                y_true=specs["accuracy"][1][0], y_pred=specs["accuracy"][1][1],
                 sensitive_features=pd.Series(lab, name=attr),
+                sample_params={"auc_macro": {"fold": specs["auc_macro"][1][2]}} if fold_col is not None else None,
             )
             mf_values = mf.by_group.to_dict()  # metric -> {group: value}
         groups = {}

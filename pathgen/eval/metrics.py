@@ -15,7 +15,7 @@ metric, so every patient counts once (the published code scored 3 correlated row
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -406,23 +406,50 @@ def balanced_accuracy(y_true: np.ndarray, probs: np.ndarray) -> float:  # [N], [
     return float(np.mean([np.mean(pred[y == c] == c) for c in present]))
 
 
+def fold_averaged(metric: Callable[..., float]) -> Callable[..., float]:
+    """``metric(*arrays)`` -> ``f(fold, *arrays)``: the metric within each fold, averaged over folds.
+
+    Used with the patient bootstrap: every replicate resamples patients of all folds, each fold's
+    model is scored on its own resampled patients (risks of different folds' models are never
+    compared with each other), and the replicate's value is the mean over folds.
+    """
+    def f(fold, *arrays):
+        fold = np.asarray(fold)
+        vals = []
+        for k in np.unique(fold):
+            m = fold == k
+            try:
+                vals.append(metric(*[np.asarray(a)[m] for a in arrays]))
+            except ValueError:
+                continue
+        if not vals:
+            raise ValueError("metric undefined in every fold")
+        return float(np.mean(vals))
+    return f
+
+
 # --------------------------------------------------------------------------------------------
 # generator fidelity
 # --------------------------------------------------------------------------------------------
 def per_gene_spearman(real: np.ndarray, synth: np.ndarray):  # [P, G], [P, G]
     """Spearman rho and two-sided p (t approximation, as scipy.stats.spearmanr) per column.
 
-    Returns ``(rho [G], p [G], constant [G] bool)``; constant columns get NaN.
+    Returns ``(rho [G], p [G], constant [G] bool)``. ``constant`` marks genes constant in the REAL
+    matrix: they have no rho (NaN) and are left out. A gene the model synthesized as a constant
+    while it varies in the real data is a failure of the model, not of the metric: it scores
+    rho = 0 and p = 1 (leaving it out would summarise a collapsed generator over only the genes it
+    still varies).
     """
     n = real.shape[0]
-    constant = (np.ptp(real, axis=0) == 0) | (np.ptp(synth, axis=0) == 0)
+    constant = np.ptp(real, axis=0) == 0
+    collapsed = (np.ptp(synth, axis=0) == 0) & ~constant
     rr = sps.rankdata(real, axis=0)
     rs = sps.rankdata(synth, axis=0)
     rr = rr - rr.mean(axis=0)
     rs = rs - rs.mean(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
         rho = (rr * rs).sum(axis=0) / np.sqrt((rr**2).sum(axis=0) * (rs**2).sum(axis=0))
-        rho = np.where(constant, np.nan, np.clip(rho, -1.0, 1.0))
+        rho = np.where(constant, np.nan, np.where(collapsed, 0.0, np.clip(rho, -1.0, 1.0)))
         tstat = rho * np.sqrt((n - 2) / np.maximum(1e-300, (1.0 - rho) * (1.0 + rho)))
     p = 2 * sps.t.sf(np.abs(tstat), n - 2)
     return rho, p, constant
@@ -434,6 +461,7 @@ def _fidelity_block(real, synth, train_range, fdr: float) -> dict:
     out = {
         "n_genes": int(real.shape[1]),
         "n_constant_genes": int(constant.sum()),
+        "n_collapsed_genes": int(((np.ptp(synth, axis=0) == 0) & ~constant).sum()),
         "spearman_gene_median": None,
         "spearman_gene_iqr": None,
         "pct_genes_fdr05": None,
@@ -465,22 +493,25 @@ def fidelity_report(
     train_ranges: np.ndarray,  # [G] max - min of each gene over the TRAINING patients
     families: Mapping[str, slice | Sequence[int]],  # family -> its columns of real/synth
     fdr: float = 0.05,
+    genes: Sequence[str] | None = None,  # [G] gene symbol of each column (families may share genes)
 ) -> dict:
     """Generator fidelity on held-out patients, per gene family and overall.
 
     Definitions (per family, over its genes g and patients p):
       - ``spearman_gene_median`` / ``spearman_gene_iqr``: median and [25th, 75th] percentile over
         genes of Spearman's rho between real and synthesized values ACROSS PATIENTS. Genes
-        constant (over these patients) in either matrix have no rho; they are excluded and counted
-        in ``n_constant_genes``.
-      - ``pct_genes_fdr05``: % of the non-constant genes whose rho differs from 0 at FDR ``fdr``
+        constant (over these patients) in the REAL matrix have no rho; they are excluded and
+        counted in ``n_constant_genes``. Genes synthesized as a constant while they vary in the
+        real data count as rho = 0, p = 1 (counted in ``n_collapsed_genes``).
+      - ``pct_genes_fdr05``: % of the genes with a rho whose rho differs from 0 at FDR ``fdr``
         (two-sided t-approximation p-values, Benjamini & Hochberg 1995).
       - ``spearman_pooled``: the published metric, Spearman over all patient x gene pairs
         flattened together (inflated by between-gene differences in level; kept for comparison).
       - ``nmae``: mean over genes of MAE_g / range_g, with MAE_g = mean_p |real - synth| and range_g
         = max - min of gene g over the TRAINING patients (never test); genes with zero training
         range are excluded and counted in ``n_zero_range_genes``.
-    ``overall`` uses the union of all family columns.
+    ``overall`` uses the union of all family columns; with ``genes``, a gene listed in several
+    families (the MCAT signatures share about 300) enters ``overall`` once, at its first column.
 
     Returns:
         ``{"families": {name: metrics}, "overall": metrics, "n_patients": P}`` where metrics has the
@@ -511,6 +542,13 @@ def fidelity_report(
         fam_out[name] = _fidelity_block(R[:, idx], S[:, idx], rng[idx], fdr)
         union.append(idx)
     u = np.unique(np.concatenate(union))
+    if genes is not None:
+        if len(genes) != R.shape[1]:
+            raise ValueError(f"genes must name the {R.shape[1]} columns, got {len(genes)} names")
+        first = {}
+        for i in u.tolist():
+            first.setdefault(genes[i], i)
+        u = np.array(sorted(first.values()), dtype=int)
     return {
         "n_patients": int(R.shape[0]),
         "families": fam_out,

@@ -295,19 +295,30 @@ def _conformal_arm(cal: pd.DataFrame, test: pd.DataFrame, mode: str, alpha: floa
         res["refused"] = (f"{len(cal)} calibration patients < {cp.min_calibration_size(alpha)} needed for "
                           f"alpha={alpha}; use more patients or a larger alpha")
         return res, prow
-    for score in ("lac", "aps"):
-        calib = cp.calibrate_sets(cal[prob_cols].to_numpy(), cal["grade_index"].to_numpy(), input_mode=mode,
-                                  alpha=alpha, score=score)
-        pred = cp.predict_sets(calib, test[prob_cols].to_numpy(), input_mode=mode,
-                               labels=test["grade_index"].to_numpy())
-        d = pred.to_dict()
-        covered, truth = np.asarray(pred.covered, dtype=float), test["grade_index"].to_numpy()
-        per_class = {str(c): {"n": int((truth == c).sum()), "coverage": float(np.nanmean(covered[truth == c]))}
-                     for c in sorted(set(truth.tolist())) if np.isfinite(covered[truth == c]).any()}
-        res[f"grade_{score}"] = {"coverage": d["coverage"], "mean_set_size": d["mean_set_size"],
-                                 "per_class": per_class, "qhat": calib.to_dict()["quantiles"]}
-        prow[f"covered_{score}"] = np.asarray(pred.covered, dtype=float)
-        prow[f"set_size_{score}"] = np.asarray(pred.set_size, dtype=float)
+    # grade sets over the graded patients only (grade_index -1 = no grade label; none at all when the
+    # cohort has no grades, and then there are no prob_ columns either)
+    cal_g, test_g = cal["grade_index"].to_numpy() >= 0, test["grade_index"].to_numpy() >= 0
+    res.update(n_calibration_graded=int(cal_g.sum()), n_test_graded=int(test_g.sum()))
+    if not prob_cols or len(prob_cols) < 2:
+        res["grade_refused"] = "no grade probabilities (the cohort has no grade labels)"
+    elif cal_g.sum() < cp.min_calibration_size(alpha):
+        res["grade_refused"] = (f"{int(cal_g.sum())} graded calibration patients < {cp.min_calibration_size(alpha)} "
+                                f"needed for alpha={alpha}")
+    else:
+        truth = test["grade_index"].to_numpy()[test_g]
+        for score in ("lac", "aps"):
+            calib = cp.calibrate_sets(cal.loc[cal_g, prob_cols].to_numpy(), cal["grade_index"].to_numpy()[cal_g],
+                                      input_mode=mode, alpha=alpha, score=score)
+            pred = cp.predict_sets(calib, test.loc[test_g, prob_cols].to_numpy(), input_mode=mode, labels=truth)
+            d = pred.to_dict()
+            covered = np.asarray(pred.covered, dtype=float)
+            per_class = {str(c): {"n": int((truth == c).sum()), "coverage": float(np.nanmean(covered[truth == c]))}
+                         for c in sorted(set(truth.tolist())) if np.isfinite(covered[truth == c]).any()}
+            res[f"grade_{score}"] = {"coverage": d["coverage"], "mean_set_size": d["mean_set_size"],
+                                     "per_class": per_class, "qhat": calib.to_dict()["quantiles"]}
+            for col, vals in ((f"covered_{score}", covered), (f"set_size_{score}", pred.set_size)):
+                prow[col] = np.nan  # ungraded patients have no set
+                prow.loc[test_g, col] = np.asarray(vals, dtype=float)
     scal = cp.calibrate_survival(cal[surv_cols].to_numpy(), cal["survival_bin"].to_numpy(),
                                  1 - cal["censorship"].to_numpy(), input_mode=mode, alpha=alpha)
     spred = cp.predict_survival(scal, test[surv_cols].to_numpy(), input_mode=mode,
@@ -361,8 +372,10 @@ def _fairness(run, cfg):
     prob_cols = [c for c in df.columns if c.startswith("prob_")]
     df["event"] = 1 - df["censorship"]
     has_sets = "covered_aps" in df.columns
+    graded = len(prob_cols) >= 2
     tidy, summary = fairness_report(df, time_col="survival_months", event_col="event", risk_col="risk",
-                                    grade_col="grade_index", prob_cols=prob_cols,
+                                    grade_col="grade_index" if graded else None,
+                                    prob_cols=prob_cols if graded else None, fold_col="fold",
                                     covered_col="covered_aps" if has_sets else None,
                                     set_size_col="set_size_aps" if has_sets else None, alpha=cfg.alpha,
                                     n_boot=min(cfg.n_boot, 200), min_group_n=10)

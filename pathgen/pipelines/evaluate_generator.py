@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -55,11 +56,12 @@ def evaluate_generator(cohort: Cohort, synthesized: pd.DataFrame, train_ids: lis
     train = cohort.expression.loc[train_ids, fam.columns].to_numpy(float)
     ranges = train.max(0) - train.min(0)
     slices = fam.slices
-    report = fidelity_report(real, synth, ranges, slices)
+    report = fidelity_report(real, synth, ranges, slices, genes=fam.columns)
     mean_pred = np.repeat(train.mean(0, keepdims=True), len(test_ids), 0)
     train_feat = cohort.cases_with_features(train_ids)
-    baselines = {"train_mean": fidelity_report(real, mean_pred, ranges, slices),
-                 "ridge": fidelity_report(real, ridge_baseline(cohort, fam, train_feat, test_ids), ranges, slices)}
+    baselines = {"train_mean": fidelity_report(real, mean_pred, ranges, slices, genes=fam.columns),
+                 "ridge": fidelity_report(real, ridge_baseline(cohort, fam, train_feat, test_ids), ranges, slices,
+                                          genes=fam.columns)}
     metrics = {**report, "baselines": baselines, "n_train": len(train_ids), "n_test": len(test_ids),
                "versions": versions(),
                "definitions": {"nmae": "mean over genes of MAE_g / (max - min of gene g over training patients)",
@@ -120,11 +122,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     ckpt = load_checkpoint(args.model)
+    fold = ckpt["fold"]
+    if not fold.get("test"):  # its val patients chose the checkpoint (early stopping): not held out
+        print(f"error: {args.model}: fold {ckpt.get('fold_k')} has no test patients, and its validation patients "
+              "selected this checkpoint, so scoring on them would flatter the generator. Train with a split that has a "
+              "test part (pathgen's own folds, or MCAT/PORPOISE splits_<k>.csv, whose val column is the held-out fold)",
+              file=sys.stderr)
+        return 2
     fam = GeneFamilies.from_dict(ckpt["families"])
     cohort = load_cohort(args, families=fam)
-    fold = ckpt["fold"]
     synth = read_expression(args.synthesized)
-    m = evaluate_generator(cohort, synth, ckpt["train_case_ids"], fold["test"] or fold["val"], args.out)
+    m = evaluate_generator(cohort, synth, ckpt["train_case_ids"], fold["test"], args.out)
     o = m["overall"]
     print(f"held-out patients: {m['n_test']}; per-gene Spearman median {o['spearman_gene_median']:.3f}, "
           f"pooled {o['spearman_pooled']:.3f}, nMAE {o['nmae']:.3f}")

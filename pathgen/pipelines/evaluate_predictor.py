@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -38,6 +39,7 @@ from pathgen.eval.metrics import auc_macro, c_index
 from pathgen.eval.stats import km_risk_groups, paired_bootstrap, paired_fold_tests
 from pathgen.models.predictor.checkpoint import load_predictor_checkpoint, predictor_from_checkpoint
 from pathgen.pipelines.cohort import Cohort, load_cohort
+from pathgen.pipelines.synthesize import PROVENANCE_NAME
 from pathgen.pipelines.predictor_metrics import (FOLD_MEAN_AUC_MACRO, FOLD_MEAN_C_INDEX, bootstrap_summary,
                                                  prob_columns, survival_arrays)
 from pathgen.pipelines.train_predictor import (_clean, make_loader, prediction_frame, resolve_device, run_model)
@@ -122,6 +124,24 @@ def predict_fold(run_dir: str | Path, fold_k: int, cohort: Cohort, case_ids: Seq
     return prediction_frame(res, fold_k, part, input_mode, objs["grade_categories"], labels)
 
 
+def read_synthesized(path: str | Path) -> pd.DataFrame:
+    """``read_expression(path)`` with the generator's training patients from the ``synthesized.json``
+    beside it (``pathgen synthesize`` writes it) in ``frame.attrs["generator_train_case_ids"]``
+    (absent when there is no sidecar: then leakage cannot be checked)."""
+    path = Path(path)
+    frame = read_expression(path)
+    side = path.with_name(PROVENANCE_NAME)
+    frame.attrs["source"] = str(path)
+    if side.exists():
+        try:
+            meta = json.loads(side.read_text())
+        except ValueError as e:
+            raise ValueError(f"{side}: unreadable ({e}); re-run `pathgen synthesize` for {path}") from e
+        if meta.get("generator_train_case_ids") is not None:
+            frame.attrs["generator_train_case_ids"] = [str(c) for c in meta["generator_train_case_ids"]]
+    return frame
+
+
 def synthesized_for_fold(synthesized, fold_k: int) -> pd.DataFrame:
     """The synthesized table of one fold from a frame, a ``{fold: frame}`` map or a ``{fold: path}`` map."""
     if isinstance(synthesized, pd.DataFrame):
@@ -129,7 +149,50 @@ def synthesized_for_fold(synthesized, fold_k: int) -> pd.DataFrame:
     if fold_k not in synthesized:
         raise ValueError(f"no synthesized table for fold {fold_k} (have folds {sorted(synthesized)})")
     v = synthesized[fold_k]
-    return v if isinstance(v, pd.DataFrame) else read_expression(v)
+    return v if isinstance(v, pd.DataFrame) else read_synthesized(v)
+
+
+def check_held_out(table: pd.DataFrame, fold_k: int, case_ids: Sequence[str]) -> None:
+    """Refuse synthesized expression of test patients who trained the generator that made it.
+
+    Their profile is not held out (the generator saw their real expression), so a predictor tested
+    on it would be scored on memorised values. Tables without provenance give a warning.
+    """
+    src = table.attrs.get("source", "the synthesized table")
+    seen = table.attrs.get("generator_train_case_ids")
+    if seen is None:
+        warnings.warn(f"{src}: no {PROVENANCE_NAME} with the generator's training patients beside it, so fold "
+                      f"{fold_k}'s test patients cannot be checked for leakage; synthesize with `pathgen "
+                      "synthesize`, which records them", stacklevel=3)
+        return
+    leaked = sorted(set(map(str, case_ids)) & set(seen))
+    if leaked:
+        raise ValueError(f"{src}: {len(leaked)} of fold {fold_k}'s {len(case_ids)} test patients trained the generator "
+                         f"that synthesized them (e.g. {leaked[:3]}), so their synthesized expression is not held out. "
+                         "Synthesize each fold's test patients with that fold's generator (`pathgen synthesize "
+                         "--model gen_fold<k>/generator.pt --cases test`) and pass them as "
+                         "--synthesized 'gen_fold{fold}/synthesized.csv'")
+
+
+def check_same_splits(runs: Sequence[dict]) -> None:
+    """Paired comparisons need every run to have put each shared patient in the same part of each fold."""
+    def parts(run):
+        p = run["predictions"]
+        return dict(zip(zip(p["fold"].astype(int), p["case_id"].astype(str)), p["part"].astype(str)))
+
+    first = parts(runs[0])
+    for run in runs[1:]:
+        other = parts(run)
+        differ = {k for k in first.keys() & other.keys() if first[k] != other[k]}
+        # a patient tested in fold k of one run and absent from fold k of the other also shows a different split
+        tested = {k for k, v in first.items() if v == "test"} ^ {k for k, v in other.items() if v == "test"}
+        shared_cases = {c for _, c in first} & {c for _, c in other}
+        differ |= {k for k in tested if k[1] in shared_cases}
+        if differ:
+            (k, c) = sorted(differ)[0]
+            raise ValueError(f"{runs[0]['dir']} and {run['dir']} were trained on different splits ({len(differ)} "
+                             f"(fold, patient) pairs differ, e.g. patient {c} in fold {k}): their folds cannot be "
+                             f"paired. Train both with the same --splits (e.g. --splits {runs[0]['dir']}/splits.json)")
 
 
 def build_arms(runs: Sequence[dict], synthesized=None, cohort: Cohort | None = None, *, features=None,
@@ -150,8 +213,10 @@ def build_arms(runs: Sequence[dict], synthesized=None, cohort: Cohort | None = N
             syn_name = ARM_NAMES[(run["model"], "synth")]
             frames = []
             for k, grp in tests[name].groupby("fold"):
-                frames.append(predict_fold(run["dir"], int(k), coh, grp["case_id"].tolist(),
-                                           synthesized_for_fold(synthesized, int(k)), "synth", device=device))
+                table = synthesized_for_fold(synthesized, int(k))
+                check_held_out(table, int(k), grp["case_id"].tolist())
+                frames.append(predict_fold(run["dir"], int(k), coh, grp["case_id"].tolist(), table, "synth",
+                                           device=device))
             tests[syn_name] = pd.concat(frames, ignore_index=True)
             trains[syn_name] = trains[name]  # thresholds: the same model on its real training inputs
             cats[syn_name] = run["categories"]
@@ -296,6 +361,7 @@ def evaluate_predictors(runs: Sequence[str | Path | dict], out: str | Path, *, s
     loaded = [r if isinstance(r, dict) else load_run(r) for r in runs]
     if not loaded:
         raise ValueError("evaluate: give at least one train-predictor run")
+    check_same_splits(loaded)
     tests, trains, cats = build_arms(loaded, synthesized, cohort, features=features, device=device, progress=progress)
     for name, df in tests.items():
         if name.endswith("synth)") or name == "slide+synth":
@@ -383,7 +449,7 @@ def parse_synthesized(spec: str | None, folds: Sequence[int]):
         if missing:
             raise FileNotFoundError(f"synthesized tables missing: {missing}")
         return paths
-    return read_expression(spec)
+    return read_synthesized(spec)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

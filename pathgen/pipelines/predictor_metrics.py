@@ -13,7 +13,8 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from pathgen.eval.metrics import auc_macro, c_index, grade_metrics, integrated_brier_score, ipcw_c_index
+from pathgen.eval.metrics import (auc_macro, c_index, fold_averaged, grade_metrics, integrated_brier_score,
+                                  ipcw_c_index)
 from pathgen.eval.stats import bootstrap_ci
 
 FOLD_KEYS = ("c_index", "c_index_ipcw", "ibs", "grade_auc_macro", "grade_auc_micro", "balanced_accuracy",
@@ -102,28 +103,6 @@ def mean_sd(fold_rows: Sequence[dict], keys: Sequence[str] = FOLD_KEYS) -> tuple
         mean[k] = float(np.mean(vals)) if vals else None
         sd[k] = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
     return mean, sd
-
-
-def fold_averaged(metric: Callable[..., float]) -> Callable[..., float]:
-    """``metric(*arrays)`` -> ``f(fold, *arrays)``: the metric within each fold, averaged over folds.
-
-    Used with the patient bootstrap: every replicate resamples patients of all folds, each fold's
-    model is scored on its own resampled patients (risks of different folds' models are never
-    compared with each other), and the replicate's value is the mean over folds.
-    """
-    def f(fold, *arrays):
-        fold = np.asarray(fold)
-        vals = []
-        for k in np.unique(fold):
-            m = fold == k
-            try:
-                vals.append(metric(*[np.asarray(a)[m] for a in arrays]))
-            except ValueError:
-                continue
-        if not vals:
-            raise ValueError("metric undefined in every fold")
-        return float(np.mean(vals))
-    return f
 
 
 FOLD_MEAN_C_INDEX = fold_averaged(c_index)

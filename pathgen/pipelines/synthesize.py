@@ -4,6 +4,8 @@ Slides x samples run together through the fused sampler; outputs are in the inpu
 (the training transform inverted): ``synthesized.csv`` and ``.parquet`` (case_id + MCAT-style
 ``<GENE>_rnaseq`` columns, the mean of the K samples, readable by ``pathgen.data.read_expression``)
 and ``samples.h5`` (every sample, for uncertainty), each carrying the family order and sizes.
+``synthesized.json`` beside them records the settings and the generator's training patients, so
+``pathgen evaluate`` can refuse synthesized expression of patients the generator trained on.
 With ``--save-attention``, per-patient co-attention maps land in ``attention/<case_id>.h5``.
 """
 from __future__ import annotations
@@ -27,7 +29,9 @@ from pathgen.models.generator import sample
 from pathgen.models.generator.checkpoint import load_checkpoint, model_from_checkpoint, versions
 from pathgen.pipelines.cohort import Cohort, add_cohort_arguments, load_cohort
 from pathgen.pipelines.train_generator import make_loader, resolve_device
-from pathgen.utils.io import atomic_path
+from pathgen.utils.io import atomic_path, atomic_write_text
+
+PROVENANCE_NAME = "synthesized.json"  # next to synthesized.csv: settings and the generator's training patients
 
 
 def load_members(ckpt_paths: Sequence[Path], device) -> list[tuple]:
@@ -104,9 +108,16 @@ def synthesize(ckpt_path: Path | Sequence[Path], cohort: Cohort, case_ids: list[
     meta = {"checkpoint": str(paths[0]), "checkpoints": [str(p) for p in paths], "members": len(paths),
             "samples": samples, "steps": steps, "mode": mode, "eta": eta,
             "guidance_scale": guidance_scale, "seed": seed, "families": fam.to_dict(), "versions": versions(),
-            "fold_k": ckpt.get("fold_k")}
+            "fold_k": ckpt.get("fold_k"),
+            # who trained the generator: `pathgen evaluate` refuses to test a predictor on these patients'
+            # synthesized expression (it would not be held out); None = not recorded in the checkpoint
+            "generator_train_case_ids": (sorted(set(ckpt["train_case_ids"]))
+                                         if ckpt.get("train_case_ids") is not None else None),
+            "case_ids": list(ids)}
     out.mkdir(parents=True, exist_ok=True)
     table = to_mcat_columns(mean)
+    # the provenance sidecar first: a synthesized.csv that exists always has its synthesized.json
+    atomic_write_text(out / PROVENANCE_NAME, json.dumps(meta, indent=2))
     with atomic_path(out / "synthesized.csv") as tmp:
         table.to_csv(tmp, index=False)
     with atomic_path(out / "synthesized.parquet") as tmp:

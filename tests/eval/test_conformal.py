@@ -114,6 +114,18 @@ def test_sets_are_the_classes_under_the_threshold():
     assert pred.covered == [True, True] and pred.mean_set_size == 2.5
 
 
+def test_predict_sets_refuses_labels_outside_the_classes():
+    """grade -1 (ungraded) used to index the last class and count as covered or not."""
+    rng = np.random.default_rng(1)
+    p, y = _grade_sim(rng, 200)
+    cal = C.calibrate_sets(p[:100], y[:100], input_mode="real")
+    for bad in (-1, p.shape[1]):
+        yt = y[100:].copy()
+        yt[0] = bad
+        with pytest.raises(ValueError, match="labels must be in"):
+            C.predict_sets(cal, p[100:], labels=yt, input_mode="real")
+
+
 def test_input_mode_mismatch_is_refused():
     rng = np.random.default_rng(0)
     p, y = _grade_sim(rng, 100)
@@ -218,3 +230,32 @@ def test_demo_conformal_summary_reports_threshold_and_per_class():
         total = sum(v["n"] * v["coverage"] for v in r["per_class"].values()) / 60
         assert total == pytest.approx(r["coverage"])
     assert len(rows) == 60
+
+
+def test_demo_conformal_arm_leaves_ungraded_patients_out():
+    from pathgen.pipelines.demo import _conformal_arm
+
+    rng = np.random.default_rng(2)
+
+    def frame(n, graded=True):
+        h = rng.uniform(0.05, 0.5, (n, 4))
+        d = {"case_id": [f"c{i}" for i in range(n)], "grade_index": rng.integers(0, 3, n) if graded else -np.ones(n, int),
+             "survival_bin": rng.integers(0, 4, n), "censorship": rng.integers(0, 2, n),
+             **{f"surv_{k}": np.cumprod(1 - h, axis=1)[:, k] for k in range(4)}}
+        if graded:
+            p = rng.dirichlet(np.ones(3), n)
+            d.update({f"prob_G{k}": p[:, k] for k in range(3)})
+        return pd.DataFrame(d)
+
+    cal, test = frame(120), frame(60)
+    cal.loc[:4, "grade_index"] = -1
+    test.loc[:9, "grade_index"] = -1
+    res, rows = _conformal_arm(cal, test, "real", 0.1)
+    assert res["n_test_graded"] == 50 and res["n_calibration_graded"] == 115
+    lac = res["grade_lac"]
+    assert set(lac["per_class"]) <= {"0", "1", "2"} and sum(v["n"] for v in lac["per_class"].values()) == 50
+    assert rows["covered_lac"][:10].isna().all() and rows["covered_lac"][10:].notna().all()
+    assert lac["coverage"] == pytest.approx(rows["covered_lac"][10:].mean())
+    # a cohort without grades: survival bounds only, no crash
+    res, rows = _conformal_arm(frame(120, False), frame(60, False), "real", 0.1)
+    assert "grade_lac" not in res and "no grade" in res["grade_refused"] and "survival_lower_bound" in res

@@ -92,3 +92,38 @@ def test_tiny_group_flagged_for_conformal_and_undefined_metric_noted():
     assert c["metrics"]["c_index"]["value"] is None and "undefined" in c["metrics"]["c_index"]["note"]
     with pytest.raises(ValueError, match="missing"):
         F.fairness_report(df, risk_col="nope")
+
+
+def test_ungraded_patients_are_left_out_of_grade_metrics():
+    """grade -1 (no grade label) must not count as a wrong answer nor make AUC undefined."""
+    df = _table(4, n=200)
+    p = np.full((len(df), 3), 0.1)
+    p[np.arange(len(df)), df["grade"].to_numpy()] = 0.8  # a perfect classifier
+    df[["p0", "p1", "p2"]] = p
+    df.loc[:39, "grade"] = -1  # 20 % ungraded
+    _, s = F.fairness_report(df, grade_col="grade", prob_cols=["p0", "p1", "p2"], risk_col=None, n_boot=10)
+    for g in s["attributes"]["sex"]["groups"].values():
+        for name in ("auc_macro", "balanced_accuracy", "accuracy"):
+            assert g["metrics"][name]["value"] == pytest.approx(1.0), name
+
+
+def test_rank_metrics_are_fold_averaged_not_pooled_across_fold_models():
+    """Risks of two folds' models on different scales: the C-index must be each fold's, averaged."""
+    df = _table(5, n=240)
+    df["fold"] = np.arange(len(df)) % 2
+    df.loc[df["fold"] == 1, "risk"] += 3.0  # fold 1's model: same ranking, shifted scale
+    p = df[["p0", "p1", "p2"]].to_numpy()
+    df.loc[df["fold"] == 1, ["p0", "p1", "p2"]] = p[df["fold"] == 1] ** 3  # another fold, another calibration
+    _, s = F.fairness_report(df, grade_col="grade", prob_cols=["p0", "p1", "p2"], fold_col="fold", n_boot=10)
+    for name, grp in s["attributes"]["sex"]["groups"].items():
+        m = (df["is_female"] == (1 if name == "female" else 0)).to_numpy()
+        want_c = np.mean([c_index(df["time"][m & (df.fold == k)], df["event"][m & (df.fold == k)],
+                                  df["risk"][m & (df.fold == k)]) for k in (0, 1)])
+        want_auc = np.mean([auc_macro(df["grade"][m & (df.fold == k)].to_numpy(),
+                                      df[["p0", "p1", "p2"]][m & (df.fold == k)].to_numpy()) for k in (0, 1)])
+        assert grp["metrics"]["c_index"]["value"] == pytest.approx(want_c)
+        assert grp["metrics"]["auc_macro"]["value"] == pytest.approx(want_auc)
+        pooled = c_index(df["time"][m], df["event"][m], df["risk"][m])
+        assert abs(pooled - want_c) > 0.02  # the pooled value differs, so the test can tell them apart
+    with pytest.raises(ValueError, match="missing"):
+        F.fairness_report(df, fold_col="nope")

@@ -226,20 +226,55 @@ def test_fidelity_report_against_scipy_and_hand_nmae():
     fam = {"A": slice(0, 6), "B": [6, 7, 8, 9, 10, 11]}
     rep = M.fidelity_report(real, synth, train_ranges, fam)
     a = rep["families"]["A"]
-    rhos = [sps.spearmanr(real[:, g], synth[:, g]) for g in range(5)]
-    assert a["n_constant_genes"] == 1 and a["n_genes"] == 6
-    assert a["spearman_gene_median"] == pytest.approx(np.median([r.statistic for r in rhos]))
-    assert a["spearman_gene_iqr"] == pytest.approx(np.percentile([r.statistic for r in rhos], [25, 75]).tolist())
-    q = sps.false_discovery_control([r.pvalue for r in rhos])
+    # the collapsed gene 5 scores rho = 0, p = 1 (a failure of the model, not left out)
+    rhos = [sps.spearmanr(real[:, g], synth[:, g]).statistic for g in range(5)] + [0.0]
+    ps = [sps.spearmanr(real[:, g], synth[:, g]).pvalue for g in range(5)] + [1.0]
+    assert a["n_constant_genes"] == 0 and a["n_collapsed_genes"] == 1 and a["n_genes"] == 6
+    assert a["spearman_gene_median"] == pytest.approx(np.median(rhos))
+    assert a["spearman_gene_iqr"] == pytest.approx(np.percentile(rhos, [25, 75]).tolist())
+    q = sps.false_discovery_control(ps)
     assert a["pct_genes_fdr05"] == pytest.approx(100 * np.mean(q < 0.05))
     assert a["spearman_pooled"] == pytest.approx(sps.spearmanr(real[:, :6].ravel(), synth[:, :6].ravel()).statistic)
     assert a["nmae"] == pytest.approx(np.mean(np.abs(real[:, :6] - synth[:, :6]).mean(0) / 4.0))
     b = rep["families"]["B"]
     assert b["n_zero_range_genes"] == 1
     assert b["nmae"] == pytest.approx(np.mean(np.abs(real[:, 6:11] - synth[:, 6:11]).mean(0) / 4.0))
-    assert rep["overall"]["n_genes"] == 12 and rep["overall"]["n_constant_genes"] == 1
+    assert rep["overall"]["n_genes"] == 12 and rep["overall"]["n_collapsed_genes"] == 1
     for key in ("spearman_gene_median", "spearman_gene_iqr", "pct_genes_fdr05", "spearman_pooled", "nmae"):
         assert key in rep["overall"] and key in a
+
+
+def test_fidelity_collapsed_generator_is_not_flattered():
+    """Half the genes synthesized as constants: the median must fall, not be taken over the rest."""
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(60, 100))
+    gen = 0.8 * real + 0.6 * rng.normal(size=(60, 100))
+    gen[:, 50:] = 0.0
+    rep = M.fidelity_report(real, gen, np.full(100, 6.0), {"all": slice(0, 100)})["overall"]
+    rho = [sps.spearmanr(real[:, g], gen[:, g]).statistic for g in range(50)] + [0.0] * 50
+    assert rep["spearman_gene_median"] == pytest.approx(np.median(rho))
+    assert rep["spearman_gene_median"] < 0.5
+    assert rep["pct_genes_fdr05"] <= 50.0 and rep["n_collapsed_genes"] == 50
+
+
+def test_fidelity_real_constant_genes_left_out_and_shared_genes_once():
+    rng = np.random.default_rng(3)
+    real = rng.normal(size=(30, 6))
+    real[:, 2] = 1.0  # constant in the real data: no rho
+    synth = real + rng.normal(scale=0.5, size=(30, 6))
+    # columns 0-2 are family A (g0, g1, g2), 3-5 family B (g0 again, g3, g4): g0 is shared
+    genes = ["g0", "g1", "g2", "g0", "g3", "g4"]
+    synth[:, 3] = -synth[:, 0]  # the shared gene's second copy disagrees, so counting it twice shows
+    fam = {"A": [0, 1, 2], "B": [3, 4, 5]}
+    rep = M.fidelity_report(real, synth, np.full(6, 4.0), fam, genes=genes)
+    assert rep["families"]["A"]["n_constant_genes"] == 1
+    ov = rep["overall"]
+    assert ov["n_genes"] == 5 and ov["n_constant_genes"] == 1
+    cols = [0, 1, 4, 5]
+    rho = [sps.spearmanr(real[:, g], synth[:, g]).statistic for g in cols]
+    assert ov["spearman_gene_median"] == pytest.approx(np.median(rho))
+    with pytest.raises(ValueError, match="genes must name"):
+        M.fidelity_report(real, synth, np.full(6, 4.0), fam, genes=genes[:5])
 
 
 def test_fidelity_perfect_and_anti_and_errors():

@@ -215,6 +215,9 @@ def test_synthesize_and_evaluate_outputs(trained, tmp_path):
     csv = pd.read_csv(tmp_path / "syn" / "synthesized.csv")
     assert csv.columns[0] == "case_id" and "TS0_rnaseq" in csv.columns
     assert csv.columns.is_unique  # TS0 sits in two families but is reported once
+    side = json.loads((tmp_path / "syn" / "synthesized.json").read_text())  # provenance for `pathgen evaluate`
+    assert side["generator_train_case_ids"] == sorted(load_checkpoint(run / "generator.pt")["train_case_ids"])
+    assert side["case_ids"] == ids and not set(ids) & set(side["generator_train_case_ids"])
     with h5py.File(tmp_path / "syn" / "samples.h5") as f:
         assert f["samples"].shape == (len(ids), 2, 13)
         assert json.loads(f.attrs["meta"])["families"]["sizes"] == [5, 8]
@@ -240,7 +243,7 @@ def test_synthesize_and_evaluate_outputs(trained, tmp_path):
     # expression of the held-out patients that have features; gene ranges over the TRAINING patients)
     from scipy.stats import spearmanr
 
-    cols = cohort.families.columns  # the concatenated vector: TS0 counts once in each family
+    cols = cohort.families.columns  # the concatenated vector: TS0 is in two families
     held = [c for c in ids if cohort.features.get(c)]
     assert written["n_test"] == len(held) >= 3 and written["n_train"] == len(fold.train)
     real = cohort.expression.loc[held, cols].to_numpy(float)
@@ -249,8 +252,9 @@ def test_synthesize_and_evaluate_outputs(trained, tmp_path):
     gene_range = train_vals.max(0) - train_vals.min(0)
 
     def headline(r, s, rg):
-        rhos = [spearmanr(r[:, g], s[:, g]).statistic for g in range(r.shape[1])
-                if np.ptp(r[:, g]) > 0 and np.ptp(s[:, g]) > 0]
+        # genes constant in the real data have no rho; genes synthesized as a constant score 0
+        rhos = [spearmanr(r[:, g], s[:, g]).statistic if np.ptp(s[:, g]) > 0 else 0.0
+                for g in range(r.shape[1]) if np.ptp(r[:, g]) > 0]
         ok = rg > 0
         return {"spearman_gene_median": float(np.median(rhos)) if rhos else None,
                 "spearman_pooled": float(spearmanr(r.ravel(), s.ravel()).statistic),
@@ -263,13 +267,15 @@ def test_synthesize_and_evaluate_outputs(trained, tmp_path):
             else:
                 assert got[key] == pytest.approx(v, abs=1e-9), (what, key, got[key], v)
 
-    overall = headline(real, syn, gene_range)
+    first = sorted({g: i for i, g in reversed(list(enumerate(cols)))}.values())  # a shared gene counts once overall
+    overall = headline(real[:, first], syn[:, first], gene_range[first])
     check(written["overall"], overall, "overall")
     for name, sl in cohort.families.slices.items():
         check(written["families"][name], headline(real[:, sl], syn[:, sl], gene_range[sl]), name)
     # the training-mean baseline: same real values against a constant prediction
     mean_pred = np.repeat(train_vals.mean(0, keepdims=True), len(held), 0)
-    check(written["baselines"]["train_mean"]["overall"], headline(real, mean_pred, gene_range), "train_mean")
+    check(written["baselines"]["train_mean"]["overall"],
+          headline(real[:, first], mean_pred[:, first], gene_range[first]), "train_mean")
     # the model is scored against the real values, not trivially (a self-comparison gives rho 1, nMAE 0)
     assert not np.allclose(real, syn)
     assert overall["nmae"] > 1e-3 and written["overall"]["nmae"] > 1e-3
@@ -285,10 +291,12 @@ def test_validation_score_is_the_mean_per_gene_spearman():
     rng = np.random.default_rng(0)
     R = rng.normal(size=(7, 30))
     S = R + rng.normal(size=(7, 30))
-    S[:, 3] = 1.0  # constant column: no rho, skipped
-    want = np.mean([spearmanr(R[:, g], S[:, g]).statistic for g in range(30) if g != 3])
+    S[:, 3] = 1.0  # synthesized as a constant: scores rho = 0 (a collapsed gene is a failure, not skipped)
+    R[:, 5] = 2.0  # constant in the real data: no rho, skipped
+    want = np.mean([spearmanr(R[:, g], S[:, g]).statistic if g != 3 else 0.0 for g in range(30) if g != 5])
     assert mean_gene_spearman(R, S) == pytest.approx(want, abs=1e-12)
-    assert np.isnan(mean_gene_spearman(R, np.ones_like(R)))
+    assert mean_gene_spearman(R, np.ones_like(R)) == 0.0  # a fully collapsed generator scores 0
+    assert np.isnan(mean_gene_spearman(np.ones_like(R), S))
 
 
 def test_ensemble_of_generators(trained, tmp_path):
@@ -313,3 +321,18 @@ def test_ensemble_of_generators(trained, tmp_path):
     with pytest.raises(ValueError, match="other patients"):
         synthesize([run / "generator.pt", tmp_path / "other.pt"], cohort, ids, tmp_path / "bad", samples=2, steps=4,
                    progress=False)
+
+
+def test_evaluate_generator_refuses_a_fold_without_test_patients(trained, tmp_path, capsys):
+    """Its val patients chose the checkpoint: scoring on them would be selection-biased."""
+    import argparse
+
+    from pathgen.pipelines import evaluate_generator as eg
+
+    paths, run, cohort, opts, summary = trained
+    ck = torch.load(run / "generator.pt", weights_only=False)
+    ck["fold"]["test"] = []
+    torch.save(ck, tmp_path / "no_test.pt")
+    rc = eg.main(argparse.Namespace(model=tmp_path / "no_test.pt", synthesized=tmp_path / "x.csv", out=tmp_path / "o"))
+    assert rc == 2 and "no test patients" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

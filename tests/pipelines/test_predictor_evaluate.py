@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pathgen.data.expression import read_expression
+from pathgen.data.expression import read_expression, to_mcat_columns
 from pathgen.pipelines import evaluate_predictor as ev
 from pathgen.pipelines import train_predictor as tp
 from pathgen.pipelines.cohort import load_cohort
@@ -92,6 +92,50 @@ def test_missing_synthesized_patients_are_named(runs, tmp_path):
     real = read_expression(runs["paths"]["expression"]).iloc[:5]
     with pytest.raises(ValueError, match="no row in the synth expression table"):
         ev.evaluate_predictors([runs["expression"]], tmp_path, synthesized=real, n_boot=10)
+
+
+def test_synthesized_expression_of_generator_training_patients_is_refused(runs, tmp_path):
+    """A generator that trained on a fold's test patients did not hold them out: evaluate refuses its
+    table (read with the synthesized.json that `pathgen synthesize` writes beside it)."""
+    real = read_expression(runs["paths"]["expression"])
+    table = tmp_path / "gen" / "synthesized.csv"
+    table.parent.mkdir()
+    to_mcat_columns(real).to_csv(table, index=False)
+    preds = pd.read_csv(runs["expression"] / "predictions.csv")
+    fold0_test = sorted(preds.query("part == 'test' and fold == 0")["case_id"].astype(str))
+    (table.parent / "synthesized.json").write_text(json.dumps({"generator_train_case_ids": fold0_test[:2]}))
+    with pytest.raises(ValueError, match="not held out") as e:
+        ev.evaluate_predictors([runs["expression"]], tmp_path / "o", synthesized=ev.parse_synthesized(str(table), [0]),
+                               n_boot=10)
+    assert str(table) in str(e.value) and "fold 0" in str(e.value)
+    # the same table, when its generator trained on none of the test patients, is accepted
+    (table.parent / "synthesized.json").write_text(json.dumps({"generator_train_case_ids": ["nobody"]}))
+    res = ev.evaluate_predictors([runs["expression"]], tmp_path / "o", synthesized=ev.parse_synthesized(str(table), [0]),
+                                 n_boot=10)
+    assert "expression (synth)" in res["arms"]
+
+
+def _fake_run(model, fold_of, seed):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k in range(3):
+        for i, f in enumerate(fold_of):
+            rows.append({"case_id": f"c{i}", "fold": k, "part": "test" if f == k else "train",
+                         "survival_months": 1.0 + i, "censorship": i % 2, "risk": rng.normal(), "grade_index": -1})
+    return {"dir": f"/runs/{model}", "run": {}, "metrics": {}, "predictions": pd.DataFrame(rows), "model": model,
+            "categories": []}
+
+
+def test_runs_on_different_splits_are_not_paired(tmp_path):
+    fold_a = np.arange(30) % 3
+    with pytest.raises(ValueError, match="different splits"):
+        ev.evaluate_predictors([_fake_run("slide", fold_a, 0), _fake_run("multimodal", np.roll(fold_a, 1), 1)],
+                               tmp_path, n_boot=10, progress=False)
+    # same split, and one run without some patients (e.g. no expression): still paired
+    sub = _fake_run("multimodal", fold_a, 1)
+    sub["predictions"] = sub["predictions"][sub["predictions"]["case_id"] != "c0"]
+    res = ev.evaluate_predictors([_fake_run("slide", fold_a, 0), sub], tmp_path, n_boot=10, progress=False)
+    assert res["n_common_patients"] == 29
 
 
 @pytest.mark.slow
