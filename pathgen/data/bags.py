@@ -29,32 +29,66 @@ from pathgen.data.survival import SurvivalBins
 from pathgen.data.transforms import ExpressionTransform, family_matrix
 
 
+def _open_bag(path: str | os.PathLike) -> h5py.File:
+    """Open a feature file for reading, with errors that name it and say what to do."""
+    if str(path).endswith(".pt"):
+        raise ValueError(f"{path}: .pt feature files (CLAM's pt_files, read by MCAT/PORPOISE) hold no patch "
+                         "coordinates; fix: point --features (or the manifest's features_path) at the .h5 files "
+                         "CLAM writes beside them (h5_files/<slide_id>.h5), or embed with pathgen embed")
+    try:
+        return h5py.File(path, "r")
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{path}: feature file not found; fix: check --features / features_path, or "
+                                "embed the slide with pathgen embed") from exc
+    except OSError as exc:  # truncated, half-copied or not HDF5 at all
+        raise ValueError(f"{path}: not a readable HDF5 feature file ({exc}); fix: copy it again or re-embed the "
+                         "slide with pathgen embed") from exc
+
+
+def _features_dataset(f: h5py.File, path) -> tuple[h5py.Dataset, bool]:
+    """The ``features`` dataset and whether it is stored [1, N, D] (as some CLAM forks save it)."""
+    if "features" not in f:
+        raise ValueError(f"{path}: no 'features' dataset (found {list(f)}); expected 'features' [N, D] and "
+                         "'coords' [N, 2] (CLAM/TRIDENT layout)")
+    d = f["features"]
+    if d.ndim == 3 and d.shape[0] == 1:
+        return d, True
+    if d.ndim != 2:
+        raise ValueError(f"{path}: 'features' must be [N, D] (or [1, N, D]), found shape {d.shape}")
+    return d, False
+
+
 def read_h5_bag(path: str | os.PathLike, indices: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Read ``features`` [N, D] and ``coords`` [N, 2] (optionally rows ``indices``) from one HDF5 file.
 
+    A leading singleton axis ([1, N, D] features, [1, N, 2] coords) is dropped.
+
     Raises:
-        ValueError: missing datasets or mismatched row counts, naming the file.
+        ValueError: unreadable file, missing datasets, wrong shapes or mismatched row counts, naming the file.
     """
-    with h5py.File(path, "r") as f:
-        if "features" not in f or "coords" not in f:
+    with _open_bag(path) as f:
+        feats, squeeze = _features_dataset(f, path)
+        if "coords" not in f:
             raise ValueError(f"{path}: expected datasets 'features' [N, D] and 'coords' [N, 2], found {list(f)}")
-        feats, coords = f["features"], f["coords"]
-        if feats.shape[0] != coords.shape[0]:
-            raise ValueError(f"{path}: {feats.shape[0]} feature rows but {coords.shape[0]} coords")
-        if indices is None:
-            return np.asarray(feats[()], dtype=np.float32), np.asarray(coords[()], dtype=np.int64)
-        idx = np.sort(np.asarray(indices, dtype=np.int64))
-        return np.asarray(feats[idx], dtype=np.float32), np.asarray(coords[idx], dtype=np.int64)
+        coords = f["coords"]
+        c_squeeze = coords.ndim == 3 and coords.shape[0] == 1
+        n = feats.shape[1] if squeeze else feats.shape[0]
+        c_shape = coords.shape[1:] if c_squeeze else coords.shape
+        if len(c_shape) != 2 or c_shape[1] != 2:
+            raise ValueError(f"{path}: 'coords' must be [N, 2], found shape {coords.shape}")
+        if n != c_shape[0]:
+            raise ValueError(f"{path}: {n} feature rows but {c_shape[0]} coords")
+        sel = slice(None) if indices is None else np.sort(np.asarray(indices, dtype=np.int64))
+        x = feats[0, sel] if squeeze else feats[sel]
+        c = coords[0, sel] if c_squeeze else coords[sel]
+        return np.asarray(x, dtype=np.float32), np.asarray(c, dtype=np.int64)
 
 
 def h5_bag_shape(path: str | os.PathLike) -> tuple[int, int]:
     """``(N, D)`` of a feature file without reading it."""
-    with h5py.File(path, "r") as f:
-        if "features" not in f:
-            raise ValueError(f"{path}: no 'features' dataset")
-        shape = f["features"].shape
-        if len(shape) != 2:
-            raise ValueError(f"{path}: 'features' must be [N, D], found shape {shape}")
+    with _open_bag(path) as f:
+        d, squeeze = _features_dataset(f, path)
+        shape = d.shape[1:] if squeeze else d.shape
         return int(shape[0]), int(shape[1])
 
 

@@ -72,7 +72,16 @@ class PatchEncoder(nn.Module):
     @torch.inference_mode()
     def encode(self, x: torch.Tensor,  # [B, 3, H, W] uint8
                ) -> torch.Tensor:  # [B, D] float32
-        """Preprocess and embed a batch of uint8 patches; autocast (bf16/fp16) on a GPU when ``amp``."""
+        """Preprocess and embed a batch of uint8 patches; autocast (bf16/fp16) on a GPU when ``amp``.
+
+        Always in eval mode (BatchNorm running statistics, no dropout): a feature must not depend on
+        the other patches of its batch.
+        """
+        if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"encode takes uint8 RGB patches [B, 3, H, W] in 0..255, got {x.dtype} "
+                             f"{tuple(x.shape)}; fix: pass the reader's uint8 pixels (preprocess scales them)")
+        if self.training:
+            self.eval()
         x = self.preprocess(x.to(self.device, non_blocking=True))
         if self.amp and x.device.type == "cuda":
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

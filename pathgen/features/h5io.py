@@ -7,12 +7,18 @@
   that level), ``name``;
 * TRIDENT (``read_coords``): ``patch_size_level0``, ``level0_magnification``,
   ``target_magnification``, ``overlap``, ``level0_width``, ``level0_height``, ``name``;
-* ours: ``target_patch_size`` (output side), ``mpp``, ``target_mpp``, ``effective_mpp``, ``backend``.
+* ours: ``target_patch_size`` (output side), ``embed_magnification`` (its magnification), ``mpp``,
+  ``target_mpp``, ``effective_mpp``, ``backend``.
 
 Both tools name an attribute ``patch_size`` but mean different things (CLAM: pixels read at
-``patch_level``; TRIDENT: pixels at the target magnification). We write CLAM's meaning, because
-CLAM re-reads regions with it; the two agree whenever no residual resize is needed, and
-``target_patch_size`` and ``patch_size_level0`` are always unambiguous.
+``patch_level``; TRIDENT: pixels at ``target_magnification``, so that it reads
+``patch_size * level0_magnification / target_magnification`` level-0 pixels). We write CLAM's
+meaning and, to keep TRIDENT's arithmetic right, ``target_magnification`` = the magnification of
+``patch_level`` (``level0_magnification * patch_size / patch_size_level0``): both tools then re-read
+exactly the region we embedded. When the pyramid has no level at the target resolution (a 40x slide
+patched at 20x reads level 0 and resizes 512 -> 256), that value is the read level's (40), not
+the embedding's; the embedding's own resolution is in ``target_patch_size``, ``target_mpp``,
+``effective_mpp`` and ``embed_magnification``.
 
 ``features.attrs``: ``encoder``, ``out_dim``, ``name`` and ``config`` (JSON: input size,
 normalisation, weights path and SHA-256, pathgen version). Every file is written atomically.
@@ -55,12 +61,13 @@ def coords_attrs(slide_id: str, reader_info: dict, plan) -> dict:
         # TRIDENT
         "patch_size_level0": np.int64(plan.patch_size_level0),
         "level0_magnification": np.float64(level0_mag),
-        "target_magnification": np.float64(round(magnification_from_mpp(plan.target_mpp), 4)),
+        "target_magnification": np.float64(round(level0_mag * plan.read_size / plan.patch_size_level0, 4)),
         "overlap": np.int64(plan.overlap),
         "level0_width": np.int64(w0),
         "level0_height": np.int64(h0),
         # pathgen
         "target_patch_size": np.int64(plan.patch_size),
+        "embed_magnification": np.float64(round(level0_mag * plan.patch_size / plan.patch_size_level0, 4)),
         "mpp": np.float64(plan.mpp),
         "target_mpp": np.float64(plan.target_mpp),
         "effective_mpp": np.float64(plan.effective_mpp),
@@ -94,8 +101,14 @@ def geometry_from_attrs(attrs: dict, reader_info: dict, slide_id: str,
     if "patch_level" in a:  # pathgen or CLAM: patch_size is read at patch_level
         level, read = int(a["patch_level"]), int(a["patch_size"])
         out = int(a.get("target_patch_size", read))
-    elif "patch_size_level0" in a:  # TRIDENT: patch_size is at the target magnification, read from level 0
-        level, read, out = 0, int(a["patch_size_level0"]), int(a["patch_size"])
+    elif "patch_size_level0" in a:  # TRIDENT: patch_size is at the target magnification
+        size0, out = int(a["patch_size_level0"]), int(a["patch_size"])
+        # read from the coarsest level that still has at least `out` pixels across the patch
+        # (TRIDENT does the same; level 0 would decode up to 16x more pixels on a 40x slide at 10x)
+        downs = [float(d) for d in reader_info.get("level_downsamples") or [1.0]]
+        level = max((i for i, d in enumerate(downs) if d <= size0 / max(out, 1) * (1 + 1e-3)),
+                    key=lambda i: downs[i], default=0)
+        read = int(round(size0 / downs[level]))
     else:
         raise SlideError(path, "coords attributes have neither patch_level (CLAM) nor patch_size_level0 (TRIDENT)",
                          "re-create the coordinates with pathgen patch, CLAM or TRIDENT")
@@ -116,7 +129,11 @@ def geometry_from_attrs(attrs: dict, reader_info: dict, slide_id: str,
         mag0 = round(magnification_from_mpp(reader_info["mpp"]), 2)
     if mag0:
         a.setdefault("level0_magnification", np.float64(mag0))
-        a.setdefault("target_magnification", np.float64(round(float(mag0) * out / size0, 4)))
+        mag0 = float(a["level0_magnification"])
+        # patch_size now has CLAM's meaning (read at patch_level): TRIDENT's arithmetic needs the read
+        # level's magnification (see the module docstring)
+        a["target_magnification"] = np.float64(round(mag0 * read / size0, 4))
+        a["embed_magnification"] = np.float64(round(mag0 * out / size0, 4))
     return level, read, out, a
 
 

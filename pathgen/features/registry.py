@@ -69,7 +69,8 @@ def get_encoder(name: str, weights: str | os.PathLike | None = None, device: str
         name: ``resnet50-trunc``, ``stain-stats`` or ``timm:<model>``.
         weights: local checkpoint path (``"random"``: untrained, for smoke tests).
         device: ``"cpu"``, ``"cuda"``...
-        **kwargs: passed to the factory (``timm:`` takes ``model_kwargs`` for ``timm.create_model``).
+        **kwargs: passed to the factory (``timm:`` takes ``model_kwargs`` for ``timm.create_model`` and
+            ``mean``/``std``, default ImageNet).
 
     Raises:
         ValueError: unknown name, or weights missing where required.
@@ -82,9 +83,13 @@ def get_encoder(name: str, weights: str | os.PathLike | None = None, device: str
         model = name.split(":", 1)[1]
         if not model:
             raise ValueError("encoder 'timm:' needs a model name, e.g. timm:vit_large_patch16_224")
-        enc = TimmEncoder(model, weights, **kwargs.get("model_kwargs", {}))
+        enc = TimmEncoder(model, weights, mean=kwargs.get("mean"), std=kwargs.get("std"),
+                          **(kwargs.get("model_kwargs") or {}))
     elif name in ENCODERS:
-        enc = ENCODERS[name](weights, **kwargs)
+        given = [k for k in ("model_kwargs", "mean", "std") if kwargs.get(k) is not None]
+        if given:
+            raise ValueError(f"encoder {name!r} takes no {', '.join(given)} (only timm:<model> does); fix: drop them")
+        enc = ENCODERS[name](weights, **{k: v for k, v in kwargs.items() if k not in ("model_kwargs", "mean", "std")})
     else:
         raise ValueError(f"unknown encoder {name!r}; choose one of {', '.join(list_encoders())}")
     return enc.to(device).eval()

@@ -7,6 +7,7 @@ Pure torch (torchvision is not required): the module names match torchvision's `
 from __future__ import annotations
 
 import os
+import pickle
 
 import torch
 import torch.nn as nn
@@ -59,9 +60,19 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
         except ImportError as exc:
             raise ImportError(f"{path}: reading .safetensors needs safetensors: pip install safetensors") from exc
-        sd = load_file(path)
+        try:
+            sd = load_file(path)
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+            raise ValueError(f"{path}: not a readable .safetensors file ({exc}); fix: download or copy it again") from exc
     else:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:  # a whole pickled model (or other objects), refused by weights_only
+            raise ValueError(f"{path}: holds pickled Python objects (e.g. a whole nn.Module), not a plain state dict; "
+                             "fix: re-save it with torch.save(model.state_dict(), path) and pass that file") from exc
+        except Exception as exc:  # noqa: BLE001 - truncated, not a torch file, ...: all mean "not a checkpoint"
+            raise ValueError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc}); fix: pass a "
+                             "state dict saved with torch.save (.pth/.pt/.bin) or a .safetensors file") from exc
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
@@ -98,7 +109,11 @@ class ResNet50Trunc(PatchEncoder):
         """Load a torchvision/timm ResNet-50 checkpoint (``layer4``/``fc`` ignored; anything else must match)."""
         sd = load_state_dict_file(path)
         sd = {k: v for k, v in sd.items() if not k.startswith(("layer4.", "fc."))}
-        missing, unexpected = self.load_state_dict(sd, strict=False)
+        try:
+            missing, unexpected = self.load_state_dict(sd, strict=False)
+        except RuntimeError as exc:  # right names, wrong shapes
+            raise ValueError(f"{path}: its tensors do not fit ResNet-50 ({str(exc).splitlines()[-1].strip()}); fix: "
+                             "pass torchvision's resnet50 weights (e.g. resnet50-11ad3fa6.pth)") from exc
         if missing or unexpected:
             raise ValueError(f"{path}: not a torchvision-style ResNet-50 checkpoint (missing {len(missing)} keys, e.g. "
                              f"{missing[:3]}; unexpected {len(unexpected)}, e.g. {unexpected[:3]}); fix: pass "

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -103,11 +105,42 @@ def features_intact(st: dict) -> bool:
     return bool(outs) and h5_is_readable(outs[0], ("features", "coords")) and all(Path(o).is_file() for o in outs)
 
 
+def encoder_options(args: argparse.Namespace) -> dict:
+    """``--model-kwargs`` / ``--mean`` / ``--std`` as ``get_encoder`` keyword arguments (unset ones left out)."""
+    opts = {}
+    if getattr(args, "model_kwargs", None):
+        try:
+            kw = json.loads(args.model_kwargs)
+        except ValueError as exc:
+            raise sb.UsageError(f"--model-kwargs is not JSON ({exc}); e.g. '{{\"init_values\": 1e-5}}'") from exc
+        if not isinstance(kw, dict):
+            raise sb.UsageError("--model-kwargs must be a JSON object, e.g. '{\"init_values\": 1e-5}'")
+        opts["model_kwargs"] = kw
+    for name in ("mean", "std"):
+        v = getattr(args, name, None)
+        if v:
+            try:
+                vals = tuple(float(c) for c in v.split(","))
+            except ValueError as exc:
+                raise sb.UsageError(f"--{name} needs three numbers R,G,B, got {v!r}") from exc
+            if len(vals) != 3 or not all(math.isfinite(c) for c in vals):
+                raise sb.UsageError(f"--{name} needs three finite numbers R,G,B, got {v!r}")
+            opts[name] = vals
+    return opts
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sb.add_common_arguments(p)
     p.add_argument("--encoder", required=True,
                    help="resnet50-trunc, stain-stats (weight-free) or timm:<model>")
     p.add_argument("--weights", default=None, help="local checkpoint for the encoder ('random': untrained)")
+    p.add_argument("--model-kwargs", default=None, metavar="JSON",
+                   help="timm:<model> only: timm.create_model arguments, e.g. UNI: "
+                        "'{\"init_values\": 1e-5, \"dynamic_img_size\": true}'")
+    p.add_argument("--mean", default=None, metavar="R,G,B",
+                   help="timm:<model> only: normalisation mean (default ImageNet 0.485,0.456,0.406)")
+    p.add_argument("--std", default=None, metavar="R,G,B",
+                   help="timm:<model> only: normalisation std (default ImageNet 0.229,0.224,0.225)")
     p.add_argument("--batch-size", type=int, default=64, help="patches per batch (default 64)")
     p.add_argument("--num-workers", type=int, default=2, help="patch-reading threads (default 2)")
     p.add_argument("--device", default="auto", help="encoder device: auto (cuda if available), cpu, cuda, cuda:1...")
@@ -136,7 +169,7 @@ def main(args: argparse.Namespace) -> int:
         if args.decode_device == "cuda" and not device.startswith("cuda"):
             raise sb.UsageError("--decode-device cuda needs the encoder on a GPU (--device cuda)")
         try:
-            encoder = get_encoder(args.encoder, weights=args.weights, device=device)
+            encoder = get_encoder(args.encoder, weights=args.weights, device=device, **encoder_options(args))
         except (ValueError, ImportError, FileNotFoundError) as exc:
             raise sb.UsageError(str(exc)) from exc
     except sb.UsageError as exc:

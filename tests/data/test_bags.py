@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from pathgen.data import (ExpressionTransform, GeneFamilies, PatientBags, collate_bags, family_matrix,
                           fit_survival_bins, read_manifest)
+from pathgen.data.bags import h5_bag_shape, read_h5_bag
 
 D = 6
 
@@ -143,3 +144,45 @@ def test_bad_inputs(cohort, blca_expression, tmp_path):
         PatientBags(cases[:1], expression=None, families=families, features={cases[0]: [tmp_path / "nofeat.h5"]})
     with pytest.raises(ValueError, match="empty batch"):
         collate_bags([])
+
+
+def test_unreadable_and_pt_feature_files_are_named(tmp_path):
+    """Corrupt, truncated and .pt feature files: a ValueError naming the file and the fix."""
+    good = tmp_path / "good.h5"
+    with h5py.File(good, "w") as f:
+        f.create_dataset("features", data=np.ones((50, 8), np.float32))
+        f.create_dataset("coords", data=np.zeros((50, 2), np.int64))
+    half = tmp_path / "half.h5"
+    half.write_bytes(good.read_bytes()[: good.stat().st_size // 3])  # an interrupted copy
+    junk = tmp_path / "junk.h5"
+    junk.write_text("not hdf5")
+    pt = tmp_path / "slide.pt"
+    torch.save(torch.ones(5, 8), pt)
+    for bad, fix in ((half, "copy it again"), (junk, "copy it again"), (pt, "h5_files")):
+        for fn in (read_h5_bag, h5_bag_shape):
+            with pytest.raises(ValueError, match=fix) as e:
+                fn(bad)
+            assert str(bad) in str(e.value)
+    with pytest.raises(FileNotFoundError, match="missing.h5"):
+        read_h5_bag(tmp_path / "missing.h5")
+
+
+def test_leading_singleton_axis_is_dropped(tmp_path):
+    """[1, N, D] features / [1, N, 2] coords (some CLAM forks) read as [N, D] / [N, 2]."""
+    x = np.random.default_rng(0).normal(size=(7, 4)).astype(np.float32)
+    c = np.arange(14, dtype=np.int64).reshape(7, 2)
+    p = tmp_path / "b.h5"
+    with h5py.File(p, "w") as f:
+        f.create_dataset("features", data=x[None])
+        f.create_dataset("coords", data=c[None])
+    assert h5_bag_shape(p) == (7, 4)
+    feats, coords = read_h5_bag(p)
+    np.testing.assert_array_equal(feats, x)
+    np.testing.assert_array_equal(coords, c)
+    feats, coords = read_h5_bag(p, np.array([5, 1]))
+    np.testing.assert_array_equal(feats, x[[1, 5]])
+    with h5py.File(p, "w") as f:
+        f.create_dataset("features", data=x)
+        f.create_dataset("coords", data=c[:, :1])
+    with pytest.raises(ValueError, match=r"'coords' must be \[N, 2\]"):
+        read_h5_bag(p)

@@ -32,6 +32,68 @@ def test_timm_missing_gives_install_hint(monkeypatch):
         get_encoder("timm:vit_small_patch16_224")
 
 
+class _FakeTimm:
+    """A stand-in for the timm package (not a dependency): ``create_model`` builds a small network whose
+    pooled output is wider than its ``num_features``, as MobileNetV3's pre-logits layer is."""
+
+    class data:  # noqa: N801 - mirrors timm.data
+        @staticmethod
+        def resolve_model_data_config(model):
+            return {"input_size": (3, 32, 32), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}  # timm's untrained cfg
+
+    @staticmethod
+    def create_model(name, pretrained=False, num_classes=None, **kwargs):
+        if name != "tiny" or set(kwargs) - {"width"}:
+            raise TypeError(f"unexpected model or arguments {name} {kwargs}")
+        net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, kwargs.get("width", 6)))
+        net.num_features = 4  # what timm reports; the real output is width 6
+        return net
+
+
+def test_timm_encoder_weights_constants_and_width(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "timm", _FakeTimm)
+    with pytest.raises(ValueError, match="needs its weights"):
+        get_encoder("timm:tiny")  # no silent untrained network
+    enc = get_encoder("timm:tiny", weights="random")
+    assert enc.out_dim == 6 and enc.encode(torch.zeros(2, 3, 40, 40, dtype=torch.uint8)).shape == (2, 6)
+    # ImageNet constants by default (timm's config describes the untrained net, not the checkpoint)
+    assert enc.mean == (0.485, 0.456, 0.406) and enc.std == (0.229, 0.224, 0.225)
+    assert enc.config()["weights"] == "random"
+    enc = get_encoder("timm:tiny", weights="random", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                      model_kwargs={"width": 3})
+    assert enc.out_dim == 3 and enc.config()["mean"] == [0.5] * 3 and enc.config()["model_kwargs"] == {"width": 3}
+    with pytest.raises(ValueError, match="cannot build 'tiny'.*--model-kwargs"):
+        get_encoder("timm:tiny", weights="random", model_kwargs={"bogus": 1})
+    sd = get_encoder("timm:tiny", weights="random").model.state_dict()
+    torch.save(sd, tmp_path / "ok.pt")
+    assert get_encoder("timm:tiny", weights=tmp_path / "ok.pt").weights == str((tmp_path / "ok.pt").resolve())
+    sd["0.weight"] = torch.zeros(5, 3, 3, 3)
+    torch.save(sd, tmp_path / "shape.pt")
+    with pytest.raises(ValueError, match="shape.pt: its tensors do not fit"):
+        get_encoder("timm:tiny", weights=tmp_path / "shape.pt")
+    with pytest.raises(ValueError, match="takes no model_kwargs"):
+        get_encoder("stain-stats", model_kwargs={"width": 3})
+
+
+@pytest.mark.parametrize("content", ["junk", "module", "truncated", "shapes"])
+def test_bad_weights_files_name_the_file_and_the_fix(tmp_path, content):
+    p = tmp_path / f"{content}.pth"
+    if content == "junk":
+        p.write_bytes(b"\x00not a checkpoint" * 10)
+    elif content == "module":
+        torch.save(nn.Linear(2, 2), p)  # a whole pickled model
+    elif content == "truncated":
+        torch.save(ResNet50Trunc().state_dict(), tmp_path / "full.pth")
+        p.write_bytes((tmp_path / "full.pth").read_bytes()[:100_000])
+    else:
+        sd = ResNet50Trunc().state_dict()
+        sd["conv1.weight"] = torch.zeros(64, 3, 3, 3)
+        torch.save(sd, p)
+    with pytest.raises(ValueError, match="fix: ") as e:
+        get_encoder("resnet50-trunc", weights=p)
+    assert str(p) in str(e.value)
+
+
 class _TorchvisionResNet50(nn.Module):
     """The full torchvision ResNet-50 layout (layer4 + fc) to produce a checkpoint with torchvision's keys."""
 
@@ -87,8 +149,13 @@ def test_resnet50_trunc_loads_a_torchvision_checkpoint(torchvision_checkpoint):
     assert enc.out_dim == 1024 and enc.input_size == 224 and len(enc.config()["weights_sha256"]) == 64
     x = torch.randint(0, 256, (1, 3, 256, 256), dtype=torch.uint8)
     got = enc.encode(x)  # resized to 224, ImageNet-normalised
+    # the reference input is built by hand (torchvision's Resize(224) + ToTensor + ImageNet Normalize),
+    # not with enc.preprocess, so wrong constants or a wrong resize would show
+    ref = torch.nn.functional.interpolate(x.float(), size=(224, 224), mode="bilinear", align_corners=False,
+                                          antialias=True).clamp(0, 255) / 255.0
+    ref = (ref - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     with torch.no_grad():
-        h = full.maxpool(full.relu(full.bn1(full.conv1(enc.preprocess(x)))))
+        h = full.maxpool(full.relu(full.bn1(full.conv1(ref))))
         want = full.avgpool(full.layer3(full.layer2(full.layer1(h)))).flatten(1)
     assert got.shape == (1, 1024) and got.dtype == torch.float32
     torch.testing.assert_close(got, want)

@@ -29,13 +29,47 @@ def test_coords_attrs_union_of_clam_and_trident():
     assert set(CLAM_ATTRS) <= set(a) and set(TRIDENT_ATTRS) <= set(a)
     assert a["patch_level"] == 0 and a["patch_size"] == 512  # CLAM: side read at patch_level
     assert a["target_patch_size"] == 256 and a["patch_size_level0"] == 512
-    assert a["level0_magnification"] == 40 and a["target_magnification"] == 20
+    # no 20x level: read at level 0 (40x) and resize; TRIDENT's magnification is the read level's,
+    # so its patch_size * level0_magnification / target_magnification is the region we embedded
+    assert a["level0_magnification"] == 40 and a["target_magnification"] == 40 and a["embed_magnification"] == 20
+    assert _trident_region(a) == 512
     assert list(a["level_dim"]) == [8000, 6000] and list(a["downsample"]) == [1.0, 1.0]
     plan = plan_patches((1.0, 4.0, 16.0), 0.25, target_mpp=1.0, patch_size=256)
     a = coords_attrs("slide-1", _info(), plan)
     assert (a["patch_level"], a["patch_size"], a["patch_size_level0"]) == (1, 256, 1024)
     assert list(a["downsample"]) == [4.0, 4.0] and list(a["level_dim"]) == [2000, 1500]
-    assert a["target_magnification"] == 10
+    assert a["target_magnification"] == 10 == a["embed_magnification"] and _trident_region(a) == 1024
+
+
+def _trident_region(a):
+    """The level-0 side TRIDENT reads for a coords file (WSI.visualize_coords / extract_patch_features)."""
+    return round(float(a["patch_size"]) * float(a["level0_magnification"]) / float(a["target_magnification"]))
+
+
+def _clam_region(a):
+    """The level-0 side CLAM's Whole_Slide_Bag_FP reads: patch_size pixels at patch_level."""
+    return round(float(a["patch_size"]) * float(a["downsample"][0]))
+
+
+@pytest.mark.parametrize("target_mpp,patch_size", [(0.5, 256), (1.0, 256), (0.5, 224), (2.0, 256), (0.3, 256)])
+def test_clam_and_trident_read_the_region_we_embedded(target_mpp, patch_size):
+    plan = plan_patches((1.0, 4.0, 16.0), 0.25, target_mpp=target_mpp, patch_size=patch_size)
+    a = coords_attrs("slide-1", _info(), plan)
+    assert _trident_region(a) == _clam_region(a) == a["patch_size_level0"]
+
+
+def test_trident_coords_are_read_from_the_coarsest_sufficient_level():
+    info = {**_info(), "level_downsamples": [1.0, 4.0, 16.0]}
+    # TRIDENT 10x / 256 px on a 40x slide: 1024 level-0 px; level 1 (4x) gives 256 px, no need to decode level 0
+    t = {"patch_size": 256, "patch_size_level0": 1024, "level0_magnification": 40.0, "target_magnification": 10.0}
+    level, read, out, a = geometry_from_attrs(t, info, "slide-1")
+    assert (level, read, out) == (1, 256, 256)
+    assert _trident_region(a) == _clam_region(a) == 1024
+    # 20x / 256: no 2x level, so level 0 and a resize; re-exported attributes still give 512 to both tools
+    t = {"patch_size": 256, "patch_size_level0": 512, "level0_magnification": 40.0, "target_magnification": 20.0}
+    level, read, out, a = geometry_from_attrs(t, info, "slide-1")
+    assert (level, read, out) == (0, 512, 256)
+    assert _trident_region(a) == _clam_region(a) == 512 and a["embed_magnification"] == 20
 
 
 def test_features_h5_reads_the_clam_way(tmp_path):
@@ -121,3 +155,23 @@ def test_coords_are_checked_against_the_slide_read():
     a = geometry_from_attrs({"patch_size_level0": 512, "patch_size": 256, "level0_width": 1, "level0_height": 2},
                             info, "slide-1")[3]
     assert (a["level0_width"], a["level0_height"], a["name"]) == (8000, 6000, "slide-1")
+
+
+def test_a_write_that_fails_midway_leaves_no_file(tmp_path, monkeypatch):
+    """The features dataset is written, then the coords write fails: no features file may remain
+    (a half file would look done to a resumed run)."""
+    from pathgen.features import h5io
+
+    plan = plan_patches((1.0,), 0.5, target_mpp=0.5, patch_size=256)
+    a = coords_attrs("s", {"dimensions": [1000, 800], "level_dimensions": [[1000, 800]], "backend": "x"}, plan)
+    out = tmp_path / "features" / "s.h5"
+    out.parent.mkdir()
+
+    def boom(f, coords, attrs):
+        assert "features" in f  # the features are already in the file being written
+        raise OSError("disk full")
+
+    monkeypatch.setattr(h5io, "_write_coords", boom)
+    with pytest.raises(OSError, match="disk full"):
+        write_features_h5(out, np.ones((2, 4)), np.zeros((2, 2), np.int64), a, {"encoder": "e"})
+    assert not out.exists() and list(out.parent.iterdir()) == []

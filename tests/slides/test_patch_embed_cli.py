@@ -101,7 +101,10 @@ def test_generated_40x_slide_is_patched_at_20x(embedded):
         a = dict(f["coords"].attrs)
         coords = f["coords"][:]
     assert (a["patch_level"], a["patch_size"], a["patch_size_level0"]) == (0, 512, 512)
-    assert (a["level0_magnification"], a["target_magnification"]) == (40, 20)
+    # no 20x level: TRIDENT's target_magnification is the read level's (40), so that its
+    # patch_size * level0_magnification / target_magnification is the 512 level-0 pixels embedded
+    assert (a["level0_magnification"], a["target_magnification"], a["embed_magnification"]) == (40, 40, 20)
+    assert a["patch_size"] * a["level0_magnification"] / a["target_magnification"] == a["patch_size_level0"]
     assert (coords % 512 == 0).all()
 
 
