@@ -74,6 +74,11 @@ void check_backward(const Problem& p, const at::Tensor& q, const std::optional<a
   for (const auto* t : {&out, &lse}) {
     TORCH_CHECK(t->device() == q.device(), "coattention backward: tensors on different devices");
   }
+  // a direct call (not through autograd) could pass a host tensor beside device ones
+  for (const auto* t : {&grad_out, &grad_lse, &grad_probs, &probs}) {
+    TORCH_CHECK(!t->has_value() || (*t)->device() == q.device(), "coattention backward: gradient and probs ",
+                "tensors must be on q's device ", q.device());
+  }
 }
 
 std::vector<int64_t> host_offsets(const at::Tensor& cu_seqlens, int64_t total_n) {

@@ -256,7 +256,8 @@ __global__ void normalise_kernel(acc_t* __restrict__ probs, const acc_t* __restr
   if (in_smem)
     for (int64_t i = threadIdx.x; i < HM; i += blockDim.x) s_lse[i] = lse[(b * d.M + i % d.M) * d.H + i / d.M];
   __syncthreads();
-  const int64_t begin = static_cast<int64_t>(cu[b]) * HM, end = static_cast<int64_t>(cu[b + 1]) * HM;
+  const KeyRange bag = bag_keys(cu, b, d.N);
+  const int64_t begin = bag.begin * HM, end = bag.end * HM;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x, step = stride % HM;
   int64_t x = begin + static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   int64_t hm = (x - begin) % HM;
@@ -474,7 +475,7 @@ delta_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__
     for (int64_t c = threadIdx.x; c < d.Dv; c += blockDim.x)
       part += static_cast<acc_t>(grad_out[x * d.Dv + c]) * static_cast<acc_t>(out[x * d.Dv + c]);
   if (grad_probs != nullptr)
-    for (int64_t j = cu[b] + threadIdx.x; j < cu[b + 1]; j += blockDim.x) {
+    for (int64_t j = bag_keys(cu, b, d.N).begin + threadIdx.x; j < bag_keys(cu, b, d.N).end; j += blockDim.x) {
       const int64_t at = (j * d.H + h) * d.M + m;
       part += probs[at] * grad_probs[at];
     }

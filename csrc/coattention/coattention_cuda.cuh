@@ -13,6 +13,7 @@ namespace pathgen {
 namespace coattn {
 
 __host__ __device__ __forceinline__ int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+__host__ __device__ __forceinline__ int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
 
 struct Dims {
   int64_t B, M, H, Hkv, G, R, D, Dv, N;
@@ -27,11 +28,18 @@ struct Dims {
 struct KeyRange {
   int64_t begin, end;
 };
+// Slide b's keys [cu[b], cu[b + 1]) clamped into [0, N]. The Python face checks cu_seqlens, but
+// not inside torch.compile (no host sync there): a wrong offset must give wrong numbers for that
+// slide, never reads or writes (probs) outside the tensors.
+__device__ __forceinline__ KeyRange bag_keys(const int32_t* cu, int64_t b, int64_t N) {
+  const int64_t begin = imin(imax(static_cast<int64_t>(cu[b]), 0), N);
+  return {begin, imin(imax(static_cast<int64_t>(cu[b + 1]), begin), N)};
+}
 __device__ __forceinline__ KeyRange split_keys(const int32_t* cu, int64_t b, int64_t split, const Dims& d) {
-  const int64_t n = static_cast<int64_t>(cu[b + 1]) - cu[b];
-  const int64_t start = static_cast<int64_t>(cu[b]);
-  return {start + split * d.split_len,
-          start + (split == d.n_splits - 1 ? n : imin(n, (split + 1) * d.split_len))};
+  const KeyRange bag = bag_keys(cu, b, d.N);
+  const int64_t n = bag.end - bag.begin;
+  return {bag.begin + split * d.split_len,
+          bag.begin + (split == d.n_splits - 1 ? n : imin(n, (split + 1) * d.split_len))};
 }
 
 // The forward's grid is (KV head x row tile x column tile, key split, slide). blockIdx.x runs

@@ -157,9 +157,34 @@ def coattention(
     if backend == "reference" or not fused:
         return coattention_ref(q, k, v, cu_seqlens, max_seqlen, scale=scale, return_probs=return_probs)
     sc = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    out, lse, probs = torch.ops.pathgen.coattention(q, k, v, cu_seqlens, int(max_seqlen or 0), sc,
-                                                    bool(return_probs))
+    limit = SLIDES_PER_CALL.get(q.device.type)
+    if limit is not None and q.shape[0] > limit and not torch.compiler.is_compiling():
+        out, lse, probs = _in_slide_chunks(q, k, v, cu_seqlens, int(max_seqlen or 0), sc, bool(return_probs), limit)
+    else:
+        out, lse, probs = torch.ops.pathgen.coattention(q, k, v, cu_seqlens, int(max_seqlen or 0), sc,
+                                                        bool(return_probs))
     return (out, lse, probs) if return_probs else (out, lse)
+
+
+# The CUDA forward puts slides on gridDim.z, at most 65,535: a larger batch runs as several calls
+# of consecutive slides (each its own autograd node), concatenated. No limit on the CPU.
+SLIDES_PER_CALL: dict[str, int] = {"cuda": 65535}
+
+
+def _in_slide_chunks(q, k, v, cu_seqlens, max_seqlen, scale, return_probs, limit):
+    cu = cu_seqlens.to("cpu", torch.int64)  # one host copy; the offsets were checked already
+    outs, lses, probs = [], [], []
+    for b0 in range(0, q.shape[0], limit):
+        b1 = min(q.shape[0], b0 + limit)
+        j0, j1 = int(cu[b0]), int(cu[b1])
+        sub_cu = (cu_seqlens[b0:b1 + 1] - cu_seqlens[b0]).to(torch.int32)
+        # k[j0:j1] and v[j0:j1] of one tensor stay one view pair, so k-is-v is still read once
+        o, lse, p = torch.ops.pathgen.coattention(q[b0:b1], k[j0:j1], v[j0:j1], sub_cu, max_seqlen, scale,
+                                                  return_probs)
+        outs.append(o)
+        lses.append(lse)
+        probs.append(p)
+    return torch.cat(outs), torch.cat(lses), torch.cat(probs) if return_probs else probs[0]
 
 
 if HAS_OPS:

@@ -476,3 +476,28 @@ def test_cpu_path_knob_rejects_unknown_values(monkeypatch):
     q, k, v, cu = make(*SHAPES["gqa"], torch.float32)
     with pytest.raises(RuntimeError, match="PATHGEN_CPU_PATH must be blas or tiles"):
         po.coattention(q, k, v, cu)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_more_slides_than_one_launch_takes(device, monkeypatch):
+    """CUDA launches at most 65,535 slides (gridDim.z): larger batches run in chunks of slides. The
+    limit is lowered here (and applied to the CPU too) so the chunked path runs on every machine."""
+    import importlib
+
+    co = importlib.import_module("pathgen.ops.coattention")
+    lens = [5, 0, 17, 1, 9, 0, 33, 4]  # empty bags at chunk edges and inside
+    q, k, v, cu = make(8, 3, 4, 2, 16, 8, lens, torch.float64, device, requires_grad=True)
+    whole = po.coattention(q, k, v, cu, return_probs=True)
+    g_whole = torch.autograd.grad(_loss(whole), (q, k, v))
+    monkeypatch.setattr(co, "SLIDES_PER_CALL", {device: 3})
+    calls = []
+    real_op = torch.ops.pathgen.coattention
+    monkeypatch.setattr(co.torch.ops.pathgen, "coattention", lambda *a: calls.append(a[0].shape[0]) or real_op(*a))
+    parts = po.coattention(q, k, v, cu, return_probs=True)
+    assert calls == [3, 3, 2]
+    for a, b in zip(parts, whole):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+    for a, b in zip(torch.autograd.grad(_loss(parts), (q, k, v)), g_whole):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+    x = k.detach()  # k is v stays one tensor inside every chunk
+    torch.testing.assert_close(po.coattention(q, x, x, cu)[0], co.coattention(q, x, x, cu, backend="reference")[0])
