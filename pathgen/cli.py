@@ -44,7 +44,46 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         mod = importlib.import_module(module)
         mod.add_arguments(p)
         p.set_defaults(_main=mod.main)
+        _usage_errors_exit_1(p)
     return parser
+
+
+# Exit codes, one convention for every subcommand: 0 done; 1 bad usage or input (nothing, or not
+# everything, could start); 2 a batch ran but some items (slides, patients, folds) failed.
+EXIT_USAGE = 1
+
+
+def _usage_errors_exit_1(p: argparse.ArgumentParser) -> None:
+    """argparse exits 2 on a bad flag; here 2 means "some items failed", so usage errors exit 1."""
+    def error(message: str):
+        p.print_usage(sys.stderr)
+        p.exit(EXIT_USAGE, f"{p.prog}: error: {message}\n")
+    p.error = error  # type: ignore[method-assign]
+
+
+# Errors a job raises for bad input (a file that is missing or unreadable, a table without the
+# columns it needs, values out of range): their messages name the file and the fix, so the user
+# gets that one line, not a traceback. PATHGEN_DEBUG=1 shows the traceback too.
+_INPUT_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError,
+                                                  IsADirectoryError, PermissionError, FileExistsError, KeyError)
+
+
+def _input_error_types() -> tuple[type[BaseException], ...]:
+    extra = []
+    for mod, name in (("pandas.errors", "EmptyDataError"), ("pandas.errors", "ParserError"),
+                      ("pathgen.slides.errors", "SlideError")):
+        try:
+            extra.append(getattr(importlib.import_module(mod), name))
+        except (ImportError, AttributeError):
+            pass
+    return _INPUT_ERRORS + tuple(extra)
+
+
+def _one_line(exc: BaseException) -> str:
+    msg = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in msg:
+        msg = f"{exc.filename}: {msg}"
+    return msg or type(exc).__name__
 
 
 def _command_of(argv: list[str]) -> str | None:
@@ -81,6 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except _input_error_types() as exc:
+        if os.environ.get("PATHGEN_DEBUG"):
+            raise
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        print("(set PATHGEN_DEBUG=1 to see the traceback)", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

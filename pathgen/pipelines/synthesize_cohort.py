@@ -130,7 +130,10 @@ def read_ledger(out: Path) -> dict[str, dict]:
 
 SETTINGS = "settings.json"
 _RESULT_SETTINGS = ("samples", "steps", "mode", "eta", "guidance_scale", "seed",
-                    "encoder", "encoder_weights", "target_mpp", "patch_size", "mpp", "mpp_csv")
+                    "encoder", "encoder_weights", "target_mpp", "patch_size")
+# --mpp / --mpp-csv are not run settings: they change only the slides they apply to, so they are kept
+# per slide in its ledger entry and checked per slide (mpp_conflicts): after a slide failed for want
+# of an MPP, passing --mpp as the error says must not be refused because other slides are done.
 
 
 def run_settings(args: argparse.Namespace) -> dict:
@@ -140,30 +143,59 @@ def run_settings(args: argparse.Namespace) -> dict:
     from pathgen.features.encoder import file_sha256
 
     d = {k: getattr(args, k, None) for k in _RESULT_SETTINGS}
-    d["mpp_csv"] = file_sha256(d["mpp_csv"]) if d["mpp_csv"] is not None else None
     return {"checkpoint_sha256": file_sha256(args.model), **d}
 
 
-def check_settings(out: Path, settings: dict) -> str | None:
-    """Record the run's settings in ``<out>/settings.json``, or, when ``out`` already holds a run, return
-    an error message if they differ: resuming would merge samples made under other settings."""
+def check_settings(out: Path, settings: dict, led: dict[str, dict]) -> str | None:
+    """``None`` when ``out`` may take results made with ``settings``, else the error message.
+
+    Settings that differ from ``<out>/settings.json`` are refused only when a slide is done: with
+    nothing done (a first run that failed, e.g. on a bad checkpoint) the new settings replace them.
+    ``record_settings`` writes the file once the inputs and the checkpoint have been read.
+    """
     path = out / SETTINGS
+    done = any(st.get("state") == "done" for st in led.values())
     if path.exists():
         try:
             old = json.loads(path.read_text())
         except ValueError:
             old = None
-        if old != settings:
+        if isinstance(old, dict):  # keys an older pathgen recorded (mpp, mpp_csv) are checked per slide now
+            old = {k: v for k, v in old.items() if k in settings}
+        if old != settings and done:
             diff = sorted(k for k in settings.keys() | (old or {}).keys()
                           if (old or {}).get(k) != settings.get(k)) if isinstance(old, dict) else ["(unreadable)"]
             return (f"{out} already holds a synthesis made with other settings (differ: {', '.join(diff)}; see "
                     f"{path}); fix: pass a new --out, or delete {out} to start over with these settings")
         return None
-    if (out / LEDGER).is_dir() and any((out / LEDGER).glob("*.json")):
+    if done:
         return (f"{out} holds a ledger but no {SETTINGS} (written by an older pathgen), so a resume cannot be checked "
                 f"against its settings; fix: pass a new --out, or delete {out} to start over")
-    atomic_write_text(path, json.dumps(settings, indent=1, default=str))
     return None
+
+
+def record_settings(out: Path, settings: dict) -> None:
+    atomic_write_text(out / SETTINGS, json.dumps(settings, indent=1, default=str))
+
+
+def mpp_conflicts(led: dict[str, dict], kinds: dict[str, str], mpp_table: dict[str, float],
+                  default: float | None) -> list[str]:
+    """Done slide files whose level-0 MPP the new --mpp-csv / --mpp could change.
+
+    A done slide keeps its samples; merging them with samples of slides patched at another MPP
+    would mix settings. ``--mpp-csv`` overrides the metadata, so any change of a done slide's row
+    conflicts; ``--mpp`` applies only to slides without an MPP in their metadata, so it conflicts
+    only where an ``--mpp`` was given before (a slide done without one had its own MPP).
+    """
+    bad = []
+    for sid, st in led.items():
+        if st.get("state") != "done" or kinds.get(sid) != "slide" or "mpp_override" not in st:
+            continue
+        if st["mpp_override"] != mpp_table.get(sid):
+            bad.append(sid)
+        elif st["mpp_default"] is not None and st["mpp_default"] != default:
+            bad.append(sid)
+    return sorted(bad)
 
 
 def unmatched_mpp_ids(table: dict[str, float], slide_ids: list[str]) -> list[str]:
@@ -351,7 +383,9 @@ def run_rank(args: argparse.Namespace, out: Path, rank: int, items: list[dict], 
         for r in pending:
             atomic_write_text(ledger_path(out, r["slide_id"]), json.dumps({
                 "slide_id": r["slide_id"], "state": "done", "rank": rank, "part": name,
-                "n_patches": r["n_patches"], "timings": r["timings"], "finished": time.time()}))
+                "n_patches": r["n_patches"], "timings": r["timings"], "finished": time.time(),
+                # the MPP overrides this slide was patched under (checked per slide on resume)
+                "mpp_override": (mpp_table or {}).get(r["slide_id"]), "mpp_default": args.mpp}))
         acc["write_s"] += time.perf_counter() - t0
         pending = []
 
@@ -517,13 +551,21 @@ def main(args: argparse.Namespace) -> int:
         print(f"warning: {args.mpp_csv}: {len(unknown)} slide ids match no slide of {args.manifest} "
               f"(e.g. {unknown[:3]}); their MPP is not used", file=sys.stderr)
     plan = None
+    settings = None
     if d.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        error = check_settings(out, run_settings(args))
+        led = read_ledger(out)
+        settings = run_settings(args)
+        error = check_settings(out, settings, led)
+        kinds = dict(zip(inputs["slide_id"], inputs["kind"]))
+        clash = mpp_conflicts(led, kinds, mpp_table, args.mpp)
+        if error is None and clash:
+            error = (f"{len(clash)} done slides (e.g. {clash[:3]}) were patched under other --mpp / --mpp-csv values "
+                     "than these; their samples would be merged with samples made at another MPP. Fix: pass the "
+                     f"earlier values (see their entries in {out / LEDGER}), or a new --out")
         if error is not None:
             plan = {"error": error}
     if plan is None and d.rank == 0:
-        led = read_ledger(out)
         skip = {s for s, st in led.items()
                 if st.get("state") == "done" or (st.get("state") == "failed" and not args.retry_failed)}
         todo = inputs[~inputs["slide_id"].isin(skip)]
@@ -542,6 +584,9 @@ def main(args: argparse.Namespace) -> int:
     model, fam, transform = model_from_checkpoint(ckpt, dev)
     model.eval()
     genes = list(fam.columns)
+    if d.rank == 0:  # inputs and checkpoint read: these settings now describe this folder
+        record_settings(out, settings)
+    d.barrier()
     stats = run_rank(args, out, d.rank, items, model, transform, genes, dev, mpp_table)
     stats["planned_patches"] = int(sum(plan["costs"][s] for s in mine))
     all_stats = d.gather(stats)
@@ -573,9 +618,15 @@ def main(args: argparse.Namespace) -> int:
         }
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
         print(json.dumps({k: v for k, v in summary.items() if k != "ranks"}, indent=2))
-        print(f"wrote {n_done} slides to {out}/synthesized.csv (+ .parquet, samples.h5); "
-              f"{len(failures)} failed (see {out}/ledger)")
-        rc = 0 if n_done else 1
+        for sid, reason in sorted(failures.items()):
+            print(f"  failed {sid}: {reason}", file=sys.stderr)
+        if n_done:
+            print(f"wrote {n_done} slides to {out}/synthesized.csv (+ .parquet, samples.h5); "
+                  f"{len(failures)} failed (see {out}/ledger)")
+        else:
+            print(f"no slide synthesized; {len(failures)} failed (see {out}/ledger)")
+        # one convention for batch jobs: 2 when some slides failed (fix them and re-run: done ones are kept)
+        rc = sb.EXIT_FAILED if failures else 0
     d.barrier()
     d.close()
     return rc

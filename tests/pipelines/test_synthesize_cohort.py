@@ -138,9 +138,9 @@ def test_corrupt_bag_failed_rest_complete_and_retry(setup):
     (feats / f"{bad}.h5").write_bytes(b"not an hdf5 file")
     (feats / f"{gone}.h5").unlink()
     out = root / "bad"
-    assert _run_inproc(paths, ckpt, out, features=feats) == 0
+    assert _run_inproc(paths, ckpt, out, features=feats) == 2  # some slides failed: exit 2, the rest written
     led = read_ledger(out)
-    assert led[bad]["state"] == "failed" and "OSError" in led[bad]["reason"]
+    assert led[bad]["state"] == "failed" and f"{bad}.h5" in led[bad]["reason"] and "fix" in led[bad]["reason"]
     assert led[gone]["state"] == "failed"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["done_total"] == 8 and set(summary["failures"]) == {bad, gone}
@@ -151,7 +151,7 @@ def test_corrupt_bag_failed_rest_complete_and_retry(setup):
     # fixed files: a plain re-run keeps them failed, --retry-failed redoes them
     shutil.copy(paths["features"] / f"{bad}.h5", feats / f"{bad}.h5")
     shutil.copy(paths["features"] / f"{gone}.h5", feats / f"{gone}.h5")
-    assert _run_inproc(paths, ckpt, out, features=feats) == 0
+    assert _run_inproc(paths, ckpt, out, features=feats) == 2  # still failed in the ledger
     assert len(pd.read_csv(out / "synthesized.csv")) == 8
     assert _run_inproc(paths, ckpt, out, "--retry-failed", features=feats) == 0
     pd.testing.assert_frame_equal(ref_t, pd.read_csv(out / "synthesized.csv"), check_exact=True)
@@ -170,6 +170,35 @@ def test_resume_with_other_settings_refused(setup, capsys):
     assert _run_inproc(paths, other, ref) == 1
     assert "checkpoint_sha256" in capsys.readouterr().err
     assert (ref / "synthesized.csv").read_bytes() == before
+
+
+def test_a_failed_first_run_does_not_lock_the_folder(setup, tmp_path, capsys):
+    """A first run stopped by a bad checkpoint made nothing: the fixed command must run in the same --out."""
+    root, paths, ckpt, ref = setup
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    out = tmp_path / "fresh"
+    assert _run_inproc(paths, bad, out) == 1
+    assert "bad.pt" in capsys.readouterr().err
+    assert _run_inproc(paths, ckpt, out) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(ref / "synthesized.csv"), pd.read_csv(out / "synthesized.csv"),
+                                  check_exact=True)
+
+
+def test_mpp_overrides_are_checked_per_done_slide():
+    from pathgen.pipelines.synthesize_cohort import mpp_conflicts
+
+    led = {"a": {"state": "done", "mpp_override": None, "mpp_default": None},  # had its own MPP
+           "b": {"state": "done", "mpp_override": 0.25, "mpp_default": None},  # from --mpp-csv
+           "c": {"state": "done", "mpp_override": None, "mpp_default": 0.5},  # maybe patched at --mpp 0.5
+           "d": {"state": "failed", "reason": "no MPP"},
+           "e": {"state": "done"}}  # a feature bag: MPP plays no part
+    kinds = {"a": "slide", "b": "slide", "c": "slide", "d": "slide", "e": "bag"}
+    # the failed slide's fix (--mpp for slides without one) leaves done slide a alone
+    assert mpp_conflicts(led, kinds, {"b": 0.25}, 0.5) == []
+    assert mpp_conflicts(led, kinds, {"b": 0.25}, 0.4) == ["c"]  # c may have used --mpp 0.5
+    assert mpp_conflicts(led, kinds, {"b": 0.3}, 0.5) == ["b"]
+    assert mpp_conflicts(led, kinds, {"a": 0.3, "b": 0.25}, 0.5) == ["a"]  # a CSV row overrides the metadata
 
 
 def test_slide_ids_with_extension_and_duplicates(setup, tmp_path, capsys):
