@@ -107,11 +107,19 @@ def _load_source(table: str, mtime_ns: int, signatures: str):
     return raw, expr, families, report
 
 
-def _clinical_grades(clinical_path: Path | None) -> pd.Series | None:
+def _clinical_grades(clinical_path: Path | None, required: bool = False) -> pd.Series | None:
+    """Grades by case from a ``case_id, grade`` table. ``required`` (the user named the file): a
+    missing file or missing columns are errors instead of "no grade"."""
     if clinical_path is None or not Path(clinical_path).exists():
+        if required:
+            raise FileNotFoundError(f"{clinical_path}: clinical table not found; fix: pass an existing case_id, "
+                                    "grade table to --clinical, or drop --clinical")
         return None
     cl = read_table(clinical_path)
     if "grade" not in cl.columns or "case_id" not in cl.columns:
+        if required:
+            raise ValueError(f"{clinical_path}: needs columns case_id and grade, has {list(cl.columns)[:10]}; fix: "
+                             "rename its columns or pass another --clinical")
         return None
     cl = cl.drop_duplicates("case_id").set_index("case_id")
     return pd.Series(parse_grade(cl["grade"].tolist(), source=str(clinical_path)), index=cl.index)
@@ -287,6 +295,7 @@ def make_demo_cohort(out: str | os.PathLike, *, cases: int = 60, seed: int = 0, 
     out = Path(out)
     default_table = table is None
     table = Path(table) if table is not None else shared_data_path(BLCA_TABLE_RELPATH)
+    clinical_required = clinical is not None
     if clinical is None and default_table:
         clinical = shared_data_path(BLCA_CLINICAL_RELPATH, required=False)
     if size < 256:
@@ -298,13 +307,14 @@ def make_demo_cohort(out: str | os.PathLike, *, cases: int = 60, seed: int = 0, 
     if cfg_path.exists():
         old = json.loads(cfg_path.read_text())
         diff = {k: (old.get(k), v) for k, v in asdict(cfg).items() if old.get(k) != v}
-        if diff:
+        # refused only once something was made: a first run that failed on its inputs made nothing
+        if diff and any(out.glob("slides/*")) | (out / "manifest.csv").exists():
             raise ValueError(f"{out} holds a demo cohort made with other settings {diff}; use a new --out "
                              "folder or delete it")
+    if cases < 1:
+        raise ValueError(f"--cases must be >= 1, got {cases}")
     out.mkdir(parents=True, exist_ok=True)
     from pathgen import __version__
-
-    atomic_write_text(cfg_path, json.dumps({**asdict(cfg), "pathgen": __version__}, indent=2))
 
     raw, expr, families, report = _load_source(str(table), table.stat().st_mtime_ns, str(signatures or ""))
     if len(families) != 6:
@@ -316,7 +326,7 @@ def make_demo_cohort(out: str | os.PathLike, *, cases: int = 60, seed: int = 0, 
     if missing_cols:
         raise ValueError(f"{table}: no {missing_cols} columns; the demo cohort needs MCAT survival columns")
     eligible = per_case[per_case[need].notna().all(axis=1) & per_case.index.isin(expr.index)].copy()
-    grades = _clinical_grades(Path(clinical)) if clinical else None
+    grades = _clinical_grades(Path(clinical), required=clinical_required) if clinical else None
     if grades is not None:
         grade_note = (f"the real clinical grade from `{Path(clinical).name}` (categories "
                       f"{list(grades.cat.categories) if hasattr(grades, 'cat') else sorted(grades.dropna().unique())}"
@@ -331,6 +341,8 @@ def make_demo_cohort(out: str | os.PathLike, *, cases: int = 60, seed: int = 0, 
     else:
         grade_note = "not available (no clinical grade table); the column is absent"
     chosen = select_cases(eligible, cases, seed, min_low_grade_fraction)
+    # the inputs are read and the patients chosen: from here on this folder holds this configuration
+    atomic_write_text(cfg_path, json.dumps({**asdict(cfg), "pathgen": __version__}, indent=2))
 
     scores, score_info = family_programme_scores(expr.loc[chosen], families)
     slide_ids = {c: f"{c}-DEMO-{seed}" for c in chosen}

@@ -227,8 +227,18 @@ def match_families(signatures: Mapping[str, Sequence[str]], available: Iterable[
                              "check that the table uses Hugo symbols (e.g. TP53, with '_rnaseq' suffixes for "
                              "MCAT tables) or pass allow_empty=True")
     if not kept:
-        raise ValueError(f"{source or 'table'}: no family matched any gene")
+        raise NoFamilyMatched(f"{source or 'table'}: no family matched any gene; check that the table uses Hugo "
+                              "symbols (e.g. TP53, with '_rnaseq' suffixes for MCAT tables) and that the signatures "
+                              "are the ones meant", FamilyMatchReport(rows, source))
     return GeneFamilies.from_mapping(kept), FamilyMatchReport(rows, source)
+
+
+class NoFamilyMatched(ValueError):
+    """No signature gene is in the table; ``report`` still says, family by family, what was looked for."""
+
+    def __init__(self, message: str, report: "FamilyMatchReport"):
+        super().__init__(message)
+        self.report = report
 
 
 def load_gene_families(genes: Iterable[str], signatures: str | os.PathLike | None = None, *,

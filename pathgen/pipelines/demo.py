@@ -89,12 +89,37 @@ def _cohort_args(run: Path, cfg: DemoConfig) -> argparse.Namespace:
                               n_folds=cfg.n_folds, seed=cfg.seed)
 
 
+MIN_CASES_PER_FOLD = 8  # fewer leaves folds without a death or a grade class (the quick run: 24 cases, 3 folds)
+
+
+def check_same_config(run: Path, cfg: DemoConfig) -> None:
+    """A demo folder resumes only under the configuration that made it: its finished stages would
+    otherwise be reused under another one (a --quick run's 24 cases reported as 60)."""
+    if cfg.cases < MIN_CASES_PER_FOLD * cfg.n_folds:
+        raise ValueError(f"--cases {cfg.cases} is too few for {cfg.n_folds} folds; use at least "
+                         f"{MIN_CASES_PER_FOLD * cfg.n_folds}")
+    path = run / "config.json"
+    if not path.exists():
+        return
+    try:
+        old = json.loads(path.read_text()).get("demo")
+    except ValueError:
+        old = None
+    new = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    if old != new:
+        diff = sorted(k for k in new if not isinstance(old, dict) or old.get(k) != new[k])
+        raise ValueError(f"{run} holds a demo run made with another configuration (differ: {', '.join(diff)}; see "
+                         f"{path}); its finished stages would be reused under this one. Fix: pass a new --out, the "
+                         "options of that run (e.g. --quick), or --overwrite to start over")
+
+
 def run_demo(run: Path, cfg: DemoConfig, device: str = "auto") -> dict:
     from pathgen import cli
     from pathgen.data.demo_cohort import make_demo_cohort
     from pathgen.pipelines.cohort import load_cohort
 
     run = Path(run)
+    check_same_config(run, cfg)
     run.mkdir(parents=True, exist_ok=True)
     stage = Stages(run)
     t_start = time.perf_counter()
@@ -440,13 +465,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="a ~2-minute smoke run (fewer cases, folds and epochs)")
     p.add_argument("--cases", type=int, default=None, help="override the number of demo patients")
     p.add_argument("--device", default="auto")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete an existing demo run in --out (made with other options) and start over")
 
 
 def main(args: argparse.Namespace) -> int:
-    print(info_mod.format_report(info_mod.collect()), "\n")
     cfg = DemoConfig.quick() if args.quick else DemoConfig()
     if args.cases:
         cfg = dataclasses.replace(cfg, cases=args.cases)
+    out = Path(args.out)
+    if args.overwrite and out.exists():
+        if not (out / "config.json").exists():
+            raise ValueError(f"{out} is not a demo run folder (no config.json): not deleting it; fix: pass a new --out")
+        shutil.rmtree(out)
+    check_same_config(out, cfg)  # before the long environment report
+    print(info_mod.format_report(info_mod.collect()), "\n")
     head = run_demo(args.out, cfg, device=args.device)
     print(json.dumps(head, indent=2, default=_json_default)[:4000])
     print(f"\n[demo] report: {Path(args.out) / 'report.html'}  ({head['wall_time_s']:.0f} s)")

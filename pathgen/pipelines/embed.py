@@ -172,11 +172,11 @@ def main(args: argparse.Namespace) -> int:
             encoder = get_encoder(args.encoder, weights=args.weights, device=device, **encoder_options(args))
         except (ValueError, ImportError, FileNotFoundError) as exc:
             raise sb.UsageError(str(exc)) from exc
+        sb.writable_out(args.out)
     except sb.UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return sb.EXIT_USAGE
     opts = PatchOptions.from_args(args)
-    args.out.mkdir(parents=True, exist_ok=True)
     enc_cfg = encoder.config()
     decode_device = "cuda" if args.decode_device == "cuda" else "cpu"
 

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import warnings
 from pathlib import Path
 
 from pathgen.data.expression import table_genes
-from pathgen.data.families import match_families, read_signatures
+from pathgen.data.families import NoFamilyMatched, match_families, read_signatures
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,7 +24,12 @@ def main(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         signatures = read_signatures(args.signatures)
-        _, report = match_families(signatures, table_genes(args.table), source=args.table.name, allow_empty=True)
+        try:
+            _, report = match_families(signatures, table_genes(args.table), source=args.table.name,
+                                       allow_empty=True)
+            failed = None
+        except NoFamilyMatched as exc:  # the case this command exists to diagnose: report it, then fail
+            report, failed = exc.report, exc
     if args.json:
         out = report.to_dict()
         out["warnings"] = [str(w.message) for w in caught]
@@ -32,4 +38,7 @@ def main(args: argparse.Namespace) -> int:
         for w in caught:
             print(f"warning: {w.message}")
         print(report.format())
+    if failed is not None:
+        print(f"error: {failed}", file=sys.stderr)
+        return 1
     return 0

@@ -163,11 +163,11 @@ def main(args: argparse.Namespace) -> int:
         validate(args)
         slides = sb.resolve_inputs(args.input)
         mpp, table = mpp_overrides(args)
+        sb.writable_out(args.out)
     except sb.UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return sb.EXIT_USAGE
     opts = PatchOptions.from_args(args)
-    args.out.mkdir(parents=True, exist_ok=True)
 
     def run_one(slide: sb.Slide) -> sb.SlideResult:
         return run_patch_stage(args.out, slide, opts, MPPChoice(table.get(slide.slide_id), mpp), force=args.force)

@@ -242,6 +242,26 @@ def run_batch(out: Path, stage: str, slides: list[Slide], run_one: Callable[[Sli
     return EXIT_FAILED if counts["failed"] or not_run else EXIT_OK
 
 
+def writable_out(out: Path) -> None:
+    """Create ``out`` and prove it takes files, before any slide is opened: an unwritable folder is the
+    user's to fix, not a failure of every slide in turn.
+
+    Raises:
+        UsageError: ``out`` is a file, cannot be created, or cannot be written.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder; fix: choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".pathgen-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"--out {out}: cannot write there ({exc.strerror or exc}); fix: choose another --out or "
+                         "change its permissions") from exc
+
+
 def exit_1_on_usage_error(p: argparse.ArgumentParser) -> None:
     """Make argparse errors of this subcommand exit with 1 (argparse's default 2 means "some slides failed" here)."""
     def error(message: str):

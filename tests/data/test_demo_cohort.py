@@ -151,6 +151,17 @@ def test_bad_requests(tmp_path, shared_data):
         make_demo_cohort(tmp_path / "a", cases=2, size=128, progress=False)
     with pytest.raises(ValueError, match="lower --cases"):
         make_demo_cohort(tmp_path / "b", cases=100000, size=256, progress=False)
+    # the failed request made nothing, so the corrected one may use the same folder
+    assert not (tmp_path / "b" / "manifest.csv").exists()
+    with pytest.raises(ValueError, match="--cases must be >= 1"):
+        make_demo_cohort(tmp_path / "b", cases=0, size=256, progress=False)
+    # a --clinical the user named must exist and have case_id + grade (it was silently ignored)
+    with pytest.raises(FileNotFoundError, match="nope.csv: clinical table not found"):
+        make_demo_cohort(tmp_path / "c", cases=2, size=256, clinical=tmp_path / "nope.csv", progress=False)
+    wrong = tmp_path / "wrong.csv"
+    wrong.write_text("patient,stage\nA,1\n")
+    with pytest.raises(ValueError, match="needs columns case_id and grade"):
+        make_demo_cohort(tmp_path / "c", cases=2, size=256, clinical=wrong, progress=False)
 
 
 STATS = ("nuclei per tissue px", "median nucleus area", "nuclear OD", "white inside tissue",

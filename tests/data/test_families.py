@@ -97,3 +97,17 @@ def test_commands_registered():
 
     assert COMMANDS["families"][0] == "pathgen.pipelines.families"
     assert COMMANDS["make-demo-cohort"][0] == "pathgen.pipelines.make_demo_cohort"
+
+
+def test_families_command_reports_a_table_that_matches_nothing(tmp_path, capsys):
+    """The case `pathgen families` exists to diagnose: the per-family report, then exit 1 (it was a traceback)."""
+    from pathgen.cli import main
+
+    t = tmp_path / "wrong.csv"
+    t.write_text("Hugo_Symbol,S1\nFOO,1\nBAR,2\n")
+    assert main(["families", str(t)]) == 1
+    out, err = capsys.readouterr()
+    assert "Tumor Suppressor Genes" in out and "matched" in out
+    assert "no family matched any gene" in err and "Traceback" not in err
+    assert main(["families", str(tmp_path / "missing.csv")]) == 1
+    assert "missing.csv" in capsys.readouterr().err

@@ -240,6 +240,13 @@ def test_usage_errors_exit_1(small_dir, tmp_path):
     assert run("patch", bad_csv, "--out", out) == 1
     assert run("patch", good_dir, "--out", out, "--mpp-csv", bad_csv) == 1
     assert run("patch", good_dir, "--out", out, "--patch-size", "256", "--overlap", "300") == 1
+    # an --out that cannot be a folder: one usage error before any slide, not a failure per slide
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    for o in (a_file, a_file / "sub"):
+        assert run("patch", good_dir, "--out", o) == 1
+        assert run("embed", good_dir, "--out", o, "--encoder", "stain-stats") == 1
+    assert not (a_file.parent / "a_file" / "patches").exists()
 
 
 @pytest.mark.slow  # building the full `pathgen` parser imports every subcommand's module

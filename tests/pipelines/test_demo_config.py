@@ -1,0 +1,30 @@
+"""pathgen demo resumes only under the configuration that made its folder."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from pathgen.pipelines.demo import DemoConfig, check_same_config
+
+
+def test_demo_refuses_another_configuration_in_its_folder(tmp_path):
+    quick = DemoConfig.quick()
+    check_same_config(tmp_path / "new", quick)  # nothing there yet
+    (tmp_path / "config.json").write_text(json.dumps({"demo": dataclasses.asdict(quick), "device": "cpu"}))
+    check_same_config(tmp_path, quick)  # same options: resume
+    with pytest.raises(ValueError, match=r"another configuration \(differ: .*cases.*--overwrite"):
+        check_same_config(tmp_path, DemoConfig())
+    with pytest.raises(ValueError, match="too few for 3 folds"):
+        check_same_config(tmp_path / "small", dataclasses.replace(quick, cases=3))
+
+
+def test_overwrite_needs_a_demo_folder(tmp_path):
+    from pathgen.cli import main
+
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "data.csv").write_text("x")
+    assert main(["demo", "--out", str(precious), "--overwrite", "--quick"]) == 1
+    assert (precious / "data.csv").exists()
