@@ -156,6 +156,7 @@ def main(args: argparse.Namespace) -> int:
     import torch
 
     from pathgen.features import get_encoder
+    from pathgen.features.encoder import file_sha256
 
     try:
         validate(args)
@@ -197,6 +198,8 @@ def main(args: argparse.Namespace) -> int:
                 pres = None
         else:
             pres = run_patch_stage(args.out, slide, opts, override, force=args.force)
+            if pres.state != "failed":  # embed again exactly when the coordinates changed
+                config = {**config, "patches_sha256": file_sha256(patch_paths(args.out, slide.slide_id)[0])}
             pres = pres if pres.state == "failed" else None
         if pres is not None:
             sb.write_status(args.out, "embed", slide.slide_id, {

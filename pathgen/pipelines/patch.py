@@ -41,9 +41,10 @@ class PatchOptions:
                             min_hole_mm2=self.min_hole_mm2)
 
     def config(self, mpp: "MPPChoice") -> dict:
-        """The hashed config of one slide (MPP overrides change the coordinates, so they are in)."""
-        return {**dataclasses.asdict(self), "tissue": self.tissue_params().to_dict(), "mpp_override": mpp.override,
-                "mpp_default": mpp.default}
+        """The hashed config of one slide. Its --mpp-csv value is in (it beats the metadata); --mpp is
+        not, because it applies only to slides without an MPP of their own: a done slide's status says
+        whether it used it (``default_mpp_unchanged``), so changing --mpp redoes only those slides."""
+        return {**dataclasses.asdict(self), "tissue": self.tissue_params().to_dict(), "mpp_override": mpp.override}
 
 
 @dataclass(frozen=True)
@@ -132,12 +133,19 @@ def mpp_overrides(args: argparse.Namespace) -> tuple[float | None, dict[str, flo
     return args.mpp, table
 
 
+def default_mpp_unchanged(st: dict, mpp: MPPChoice) -> bool:
+    """A done slide patched at the --mpp fallback is current only under the same --mpp."""
+    used_default = (st.get("slide") or {}).get("mpp_source") == "default"
+    return not used_default or st.get("mpp_default") == mpp.default
+
+
 def run_patch_stage(out: Path, slide: sb.Slide, opts: PatchOptions, mpp: MPPChoice,
                     force: bool = False) -> sb.SlideResult:
     """Patch one slide unless already done with the same options."""
     return sb.process_slide(out, "patch", slide, opts.config(mpp), list(patch_paths(out, slide.slide_id)),
-                            lambda: patch_one(slide.path, slide.slide_id, out, opts, mpp),
-                            patches_intact, force=force)
+                            lambda: {**patch_one(slide.path, slide.slide_id, out, opts, mpp),
+                                     "mpp_default": mpp.default},
+                            lambda st: patches_intact(st) and default_mpp_unchanged(st, mpp), force=force)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -197,6 +197,23 @@ def test_bad_inputs_fail_one_line_each_and_the_batch_goes_on(bad_dir, tmp_path):
         assert f["coords"].attrs["mpp"] == 0.4 and f["coords"].attrs["patch_size"] == 320
 
 
+def test_changing_mpp_redoes_only_the_slides_that_use_it(bad_dir, tmp_path):
+    """--mpp is the fallback for slides without an MPP: changing it redoes those, not slides with their own."""
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    for name in ("good.tif", "nompp.tif"):
+        (slides / name).symlink_to(bad_dir / name)
+    out = tmp_path / "out"
+    assert run("embed", slides, "--out", out, "--encoder", "stain-stats", "--mpp", "0.5") == 0
+    assert run("embed", slides, "--out", out, "--encoder", "stain-stats", "--mpp", "0.5") == 0
+    assert summary(out, "embed")["skipped"] == 2
+    assert run("embed", slides, "--out", out, "--encoder", "stain-stats", "--mpp", "0.4") == 0
+    s = summary(out, "embed")
+    assert (s["done"], s["skipped"]) == (1, 1) and s["slides"]["nompp"]["state"] == "done"
+    with h5py.File(out / "features" / "nompp.h5", "r") as f:
+        assert f["coords"].attrs["mpp"] == 0.4
+
+
 def test_unexpected_errors_stop_the_batch_unless_skip_errors(small_dir, tmp_path, monkeypatch):
     real = patch_cmd.patch_one
 
