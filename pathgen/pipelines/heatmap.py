@@ -338,4 +338,6 @@ def main(args: argparse.Namespace) -> int:
     n_png = sum(1 for _ in Path(args.out).rglob("*.png"))
     print(f"{n_png} PNGs for {len(index['cases'])} patients in {args.out} ({index['skipped_done']} already complete, "
           f"{len(index['failed'])} failed; index: {args.out}/index.json)")
+    for case, why in sorted(index["failed"].items()):
+        print(f"  failed {case}: {why}", file=sys.stderr)
     return 2 if index["failed"] else 0

@@ -402,17 +402,58 @@ def train_generator(cohort: Cohort, fold_k: int, out: Path, opts: TrainOptions, 
     return summary
 
 
+OPTION_HELP = {
+    "preset": "model size",
+    "epochs": "maximum epochs",
+    "batch_size": "patients per step (per process)",
+    "draws": "noise draws per patient per step; they share the slide's co-attention pass",
+    "accumulate": "steps whose gradients are summed before an optimiser step",
+    "lr": "AdamW learning rate",
+    "weight_decay": "AdamW weight decay",
+    "ema": "decay of the weights' exponential moving average (the EMA weights are saved and sampled)",
+    "max_patches": "patches drawn per patient and step ('none' = the whole bag)",
+    "transform": "expression scaling fitted on the training patients (PathGen: minmax to [-1, 1])",
+    "prediction": "what the network predicts: epsilon (PathGen's noise), v_prediction, or sample (x0); on "
+                  "demo-size cohorts epsilon learns least (README)",
+    "loss": "l1_mse: (L1 + MSE) / 2 per family (PathGen); mse",
+    "cond_dropout": "probability of dropping the slide condition (for classifier-free guidance)",
+    "val_steps": "DDIM steps of the validation sampler (selection by mean per-gene Spearman on val)",
+    "val_every": "epochs between validations",
+    "patience": "validations without improvement before early stopping",
+    "device": "auto (cuda if available), cpu, cuda, cuda:1",
+    "num_workers": "bag-reading processes",
+}
+
+
+def _int_or_none(s: str) -> int | None:
+    return None if str(s).lower() in ("none", "all") else int(s)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_cohort_arguments(p)
     p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, log, splits.json)")
     p.add_argument("--fold", type=int, default=0)
+    from pathgen.data.transforms import METHODS
+    from pathgen.models.generator.config import PRESETS
+
     d = TrainOptions()
     for f in dataclasses.fields(TrainOptions):
         if f.name in ("overrides", "seed"):
             continue
         default = getattr(d, f.name)
-        kind = type(default) if default is not None else int
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=default)
+        flag, kw = f"--{f.name.replace('_', '-')}", dict(default=default, help=OPTION_HELP.get(f.name, "") + " (default %(default)s)")
+        if f.name == "preset":
+            p.add_argument(flag, choices=sorted(PRESETS), **kw)
+        elif f.name == "transform":
+            p.add_argument(flag, choices=list(METHODS), **kw)
+        elif f.name == "prediction":
+            p.add_argument(flag, choices=["epsilon", "v_prediction", "sample"], **kw)
+        elif f.name == "loss":
+            p.add_argument(flag, choices=["l1_mse", "mse"], **kw)
+        elif f.name == "max_patches":
+            p.add_argument(flag, type=_int_or_none, **kw)
+        else:
+            p.add_argument(flag, type=type(default) if default is not None else int, **kw)
     p.add_argument("--resume", action="store_true",
                    help="continue <out>/last.pt (same fold, data and options; --epochs/--patience may grow)")
     p.add_argument("--overwrite", action="store_true",
