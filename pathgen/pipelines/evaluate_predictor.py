@@ -36,7 +36,7 @@ import pandas as pd
 from pathgen.data.bags import PatientBags
 from pathgen.data.expression import read_expression
 from pathgen.eval.metrics import auc_macro, c_index
-from pathgen.eval.stats import km_risk_groups, paired_bootstrap, paired_fold_tests
+from pathgen.eval.stats import holm, km_risk_groups, paired_bootstrap, paired_fold_tests
 from pathgen.models.predictor.checkpoint import load_predictor_checkpoint, predictor_from_checkpoint
 from pathgen.pipelines.cohort import Cohort, load_cohort
 from pathgen.pipelines.synthesize import PROVENANCE_NAME
@@ -320,14 +320,17 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, pf_a: dict, pf_b: dict, categories
 
 def _paired(fa, fb, metric, shared, pred_a, pred_b, n_boot, seed) -> dict:
     ok = [(x, y) for x, y in zip(fa, fb) if x is not None and y is not None]
-    folds = paired_fold_tests([x for x, _ in ok], [y for _, y in ok])
+    k = len(fa)  # K-fold CV: a fold tests 1/K of the patients and trains on (about) the other (K-1)/K
+    folds = paired_fold_tests([x for x, _ in ok], [y for _, y in ok],
+                              test_train_ratio=1.0 / (k - 1) if k > 1 else None)
     try:
         boot = paired_bootstrap(metric, shared, pred_a, pred_b, n_boot=max(1, n_boot), seed=seed)
     except ValueError as exc:
         boot = {"delta": None, "ci_low": None, "ci_high": None, "p_value": None, "note": str(exc)}
     return {"delta": boot["delta"], "ci_low": boot["ci_low"], "ci_high": boot["ci_high"],
             "p_bootstrap": boot["p_value"], "p_wilcoxon": folds["wilcoxon"]["p_value"],
-            "p_ttest": folds["ttest"]["p_value"], "fold_tests": folds, "bootstrap": boot}
+            "p_ttest": folds["ttest"]["p_value"], "p_ttest_corrected": folds["ttest_corrected"]["p_value"],
+            "fold_tests": folds, "bootstrap": boot}
 
 
 # --------------------------------------------------------------------------------------------
@@ -381,6 +384,10 @@ def evaluate_predictors(runs: Sequence[str | Path | dict], out: str | Path, *, s
     for a, b in COMPARISONS:
         if a in aligned and b in aligned:
             comparisons[f"{a} vs {b}"] = compare(aligned[a], aligned[b], pfs[a], pfs[b], categories, n_boot, seed)
+    # several comparisons x metrics are tested at once: Holm-adjusted bootstrap p-values beside the raw ones
+    cells = [d for c in comparisons.values() for d in c.values()]
+    for d, adj in zip(cells, holm([d["p_bootstrap"] for d in cells])):
+        d["p_bootstrap_holm"] = adj
     result = _clean({"n_common_patients": int(len(common)), "folds": sorted(common["fold"].unique().tolist()),
                      "arms": arms, "comparisons": comparisons, "grade_categories": categories,
                      "runs": [str(r["dir"]) for r in loaded], "n_boot": n_boot, "seed": seed})
@@ -430,12 +437,18 @@ def format_markdown(res: dict) -> str:
         row += f" {_p_fmt(a['km'].get('p_value'))} |"
         lines.append(row)
     if res["comparisons"]:
-        lines += ["", "| comparison | metric | Δ (fold-avg) [95% CI] | p bootstrap | p Wilcoxon (folds) | "
-                      "p paired t (folds) |", "|---|---|---|---|---|---|"]
+        lines += ["", "| comparison | metric | Δ (fold-avg) [95% CI] | p bootstrap | p bootstrap (Holm) | "
+                      "p Wilcoxon (folds) | p paired t (folds) | p corrected t (Nadeau-Bengio) |",
+                  "|---|---|---|---|---|---|---|---|"]
         for name, c in res["comparisons"].items():
             for metric, d in c.items():
                 lines.append(f"| {name} | {metric} | {_f(d['delta'])} [{_f(d['ci_low'])}, {_f(d['ci_high'])}] | "
-                             f"{_p_fmt(d['p_bootstrap'])} | {_p_fmt(d['p_wilcoxon'])} | {_p_fmt(d['p_ttest'])} |")
+                             f"{_p_fmt(d['p_bootstrap'])} | {_p_fmt(d.get('p_bootstrap_holm'))} | "
+                             f"{_p_fmt(d['p_wilcoxon'])} | {_p_fmt(d['p_ttest'])} | "
+                             f"{_p_fmt(d.get('p_ttest_corrected'))} |")
+        lines += ["", "Fold tests treat folds as paired samples although their training sets overlap; the "
+                      "corrected t-test (Nadeau & Bengio 2003) accounts for that. Holm adjusts the bootstrap "
+                      "p-values over every comparison and metric above."]
     return "\n".join(lines) + "\n"
 
 

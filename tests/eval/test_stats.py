@@ -114,3 +114,27 @@ def test_km_risk_groups_empty_group_reason():
     t, e, x = _surv(7, n=40)
     r = S.km_risk_groups(np.array([100.0]), x, t, e)
     assert r["p_value"] is None and "empty" in r["reason"]
+
+
+def test_corrected_resampled_t_test_by_hand():
+    """Nadeau & Bengio (2003): var(d) inflated by (1/F + n_test/n_train); for 5-fold CV the ratio is 1/4."""
+    a = np.array([0.71, 0.66, 0.69, 0.74, 0.70])
+    b = np.array([0.65, 0.64, 0.66, 0.69, 0.68])
+    d = a - b
+    res = S.paired_fold_tests(a, b, test_train_ratio=0.25)
+    t = d.mean() / np.sqrt((1 / 5 + 0.25) * d.var(ddof=1))
+    assert res["ttest_corrected"]["statistic"] == pytest.approx(t)
+    assert res["ttest_corrected"]["p_value"] == pytest.approx(2 * sps.t.sf(abs(t), 4))
+    # more conservative than the plain paired t-test, which ignores the overlap of training sets
+    assert res["ttest_corrected"]["p_value"] > res["ttest"]["p_value"]
+    assert S.paired_fold_tests(a, b)["ttest_corrected"]["p_value"] is None  # no ratio, no corrected test
+    with pytest.raises(ValueError, match="test_train_ratio"):
+        S.paired_fold_tests(a, b, test_train_ratio=float("nan"))
+
+
+def test_holm_by_hand():
+    p = [0.01, None, 0.04, 0.03, 0.5]
+    # sorted 0.01, 0.03, 0.04, 0.5 (m = 4): 0.04, 0.09, max(0.09, 0.08) = 0.09, max(0.09, 0.5) = 0.5
+    assert S.holm(p) == [pytest.approx(0.04), None, pytest.approx(0.09), pytest.approx(0.09), pytest.approx(0.5)]
+    assert S.holm([0.6, 0.7]) == [pytest.approx(1.0), pytest.approx(1.0)]
+    assert S.holm([]) == []
