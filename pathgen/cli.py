@@ -33,6 +33,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The full parser. Only ``command``'s module is imported (all of them when None), so
     ``pathgen patch`` does not pay for importing the models, and ``pathgen --help`` is instant."""
     parser = argparse.ArgumentParser(prog="pathgen", description=__doc__.splitlines()[0])
+    _usage_errors_exit_1(parser)  # an unknown command or flag is a usage error too
     from pathgen import __version__
 
     parser.add_argument("--version", action="version", version=f"pathgen {__version__}")
@@ -48,24 +49,25 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-# Exit codes, one convention for every subcommand: 0 done; 1 bad usage or input (nothing, or not
-# everything, could start); 2 a batch ran but some items (slides, patients, folds) failed.
+# Exit codes, one convention for every subcommand (pathgen bench keeps pytest-benchmark's: 1 a
+# regression, 2 an error): 0 done; 1 bad usage or input (nothing, or not everything, could start);
+# 2 a batch ran but some items (slides, patients, folds) failed.
 EXIT_USAGE = 1
 
 
 def _usage_errors_exit_1(p: argparse.ArgumentParser) -> None:
-    """argparse exits 2 on a bad flag; here 2 means "some items failed", so usage errors exit 1."""
-    def error(message: str):
-        p.print_usage(sys.stderr)
-        p.exit(EXIT_USAGE, f"{p.prog}: error: {message}\n")
-    p.error = error  # type: ignore[method-assign]
+    from pathgen.pipelines.slide_batch import exit_1_on_usage_error
+
+    exit_1_on_usage_error(p)
 
 
 # Errors a job raises for bad input (a file that is missing or unreadable, a table without the
 # columns it needs, values out of range): their messages name the file and the fix, so the user
 # gets that one line, not a traceback. PATHGEN_DEBUG=1 shows the traceback too.
+# (KeyError is left out: a bare missing key is a bug far more often than bad input, and its message
+# is only the key.)
 _INPUT_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError,
-                                                  IsADirectoryError, PermissionError, FileExistsError, KeyError)
+                                                  IsADirectoryError, PermissionError, FileExistsError)
 
 
 def _input_error_types() -> tuple[type[BaseException], ...]:
@@ -80,7 +82,7 @@ def _input_error_types() -> tuple[type[BaseException], ...]:
 
 
 def _one_line(exc: BaseException) -> str:
-    msg = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    msg = str(exc)
     if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in msg:
         msg = f"{exc.filename}: {msg}"
     return msg or type(exc).__name__

@@ -8,6 +8,7 @@ model with ``num_classes=0`` (pooled features) and loads weights from a local fi
 """
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -71,8 +72,10 @@ class TimmEncoder(PatchEncoder):
         cfg = timm.data.resolve_model_data_config(self.model)
         self.input_size = int(cfg.get("input_size", (3, 224, 224))[-1])
         for what, v in (("mean", mean), ("std", std)):
-            if v is not None and (len(v) != 3 or not all(float(c) > 0 or what == "mean" for c in v)):
-                raise ValueError(f"--{what} needs three numbers (R,G,B){' > 0' if what == 'std' else ''}, got {v}")
+            if v is not None and (len(v) != 3 or not all(math.isfinite(float(c)) for c in v)
+                                  or (what == "std" and not all(float(c) > 0 for c in v))):
+                raise ValueError(f"--{what} needs three finite numbers (R,G,B){' > 0' if what == 'std' else ''}, "
+                                 f"got {v}")
         self.mean = tuple(float(c) for c in mean) if mean is not None else IMAGENET_MEAN
         self.std = tuple(float(c) for c in std) if std is not None else IMAGENET_STD
         # the width the model really returns: with num_classes=0 some models (MobileNetV3, ...) end in a

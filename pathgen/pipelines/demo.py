@@ -92,6 +92,15 @@ def _cohort_args(run: Path, cfg: DemoConfig) -> argparse.Namespace:
 MIN_CASES_PER_FOLD = 8  # fewer leaves folds without a death or a grade class (the quick run: 24 cases, 3 folds)
 
 
+def is_demo_run(run: Path) -> bool:
+    """What ``--overwrite`` may delete: a folder ``pathgen demo`` made (its config.json and stage log)."""
+    try:
+        cfg = json.loads((run / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(cfg, dict) and isinstance(cfg.get("demo"), dict) and (run / "stage_times.json").is_file()
+
+
 def check_same_config(run: Path, cfg: DemoConfig) -> None:
     """A demo folder resumes only under the configuration that made it: its finished stages would
     otherwise be reused under another one (a --quick run's 24 cases reported as 60)."""
@@ -475,8 +484,10 @@ def main(args: argparse.Namespace) -> int:
         cfg = dataclasses.replace(cfg, cases=args.cases)
     out = Path(args.out)
     if args.overwrite and out.exists():
-        if not (out / "config.json").exists():
-            raise ValueError(f"{out} is not a demo run folder (no config.json): not deleting it; fix: pass a new --out")
+        if not is_demo_run(out):
+            raise ValueError(f"{out} is not a pathgen demo run folder (no config.json with a 'demo' entry and "
+                             "stage_times.json): not deleting it; fix: pass a new --out")
+        check_same_config(out / "does-not-exist", cfg)  # the options are valid before anything is deleted
         shutil.rmtree(out)
     check_same_config(out, cfg)  # before the long environment report
     print(info_mod.format_report(info_mod.collect()), "\n")

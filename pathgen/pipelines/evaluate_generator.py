@@ -128,7 +128,7 @@ def main(args: argparse.Namespace) -> int:
               "selected this checkpoint, so scoring on them would flatter the generator. Train with a split that has a "
               "test part (pathgen's own folds, or MCAT/PORPOISE splits_<k>.csv, whose val column is the held-out fold)",
               file=sys.stderr)
-        return 2
+        return 1
     fam = GeneFamilies.from_dict(ckpt["families"])
     cohort = load_cohort(args, families=fam)
     synth = read_expression(args.synthesized)

@@ -175,25 +175,24 @@ def check_held_out(table: pd.DataFrame, fold_k: int, case_ids: Sequence[str]) ->
 
 
 def check_same_splits(runs: Sequence[dict]) -> None:
-    """Paired comparisons need every run to have put each shared patient in the same part of each fold."""
-    def parts(run):
+    """Paired comparisons need the same held-out patients per fold: in every fold both runs have, a
+    patient both runs predicted must be a test patient in both or in neither. (Runs may differ in
+    which folds they trained, in patients one of them lacks, e.g. no expression, and in how the rest
+    of a fold was split into train / validation.)"""
+    def tested(run):
         p = run["predictions"]
-        return dict(zip(zip(p["fold"].astype(int), p["case_id"].astype(str)), p["part"].astype(str)))
+        keys = list(zip(p["fold"].astype(int), p["case_id"].astype(str)))
+        return set(keys), {k for k, part in zip(keys, p["part"].astype(str)) if part == "test"}
 
-    first = parts(runs[0])
+    seen0, test0 = tested(runs[0])
     for run in runs[1:]:
-        other = parts(run)
-        differ = {k for k in first.keys() & other.keys() if first[k] != other[k]}
-        # a patient tested in fold k of one run and absent from fold k of the other also shows a different split
-        tested = {k for k, v in first.items() if v == "test"} ^ {k for k, v in other.items() if v == "test"}
-        shared_cases = {c for _, c in first} & {c for _, c in other}
-        differ |= {k for k in tested if k[1] in shared_cases}
+        seen, test = tested(run)
+        differ = sorted(k for k in (test0 ^ test) if k in seen0 and k in seen)
         if differ:
-            (k, c) = sorted(differ)[0]
-            raise ValueError(f"{runs[0]['dir']} and {run['dir']} were trained on different splits ({len(differ)} "
+            k, c = differ[0]
+            raise ValueError(f"{runs[0]['dir']} and {run['dir']} hold out different patients ({len(differ)} "
                              f"(fold, patient) pairs differ, e.g. patient {c} in fold {k}): their folds cannot be "
                              f"paired. Train both with the same --splits (e.g. --splits {runs[0]['dir']}/splits.json)")
-
 
 def build_arms(runs: Sequence[dict], synthesized=None, cohort: Cohort | None = None, *, features=None,
                device: str = "auto", progress: bool = True) -> tuple[dict, dict, dict]:
@@ -298,8 +297,17 @@ def arm_summary(df: pd.DataFrame, train: pd.DataFrame, categories: Sequence[str]
     return out
 
 
+def test_train_ratio(predictions: pd.DataFrame) -> float | None:
+    """Mean over folds of n_test / n_train (the Nadeau-Bengio correction's ratio) from a run's predictions."""
+    counts = predictions.groupby(["fold", "part"]).size().unstack(fill_value=0)
+    if "test" not in counts or "train" not in counts:
+        return None
+    ok = counts[counts["train"] > 0]
+    return float((ok["test"] / ok["train"]).mean()) if len(ok) else None
+
+
 def compare(a: pd.DataFrame, b: pd.DataFrame, pf_a: dict, pf_b: dict, categories: Sequence[str], n_boot: int,
-            seed: int) -> dict:
+            seed: int, ratio: float | None = None) -> dict:
     """Paired tests of arm a vs arm b (same patients, same row order)."""
     if not (a["case_id"].tolist() == b["case_id"].tolist() and a["fold"].tolist() == b["fold"].tolist()):
         raise ValueError("compare: arms must be aligned on the same patients (align())")
@@ -307,22 +315,22 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, pf_a: dict, pf_b: dict, categories
     fold = a["fold"].to_numpy(int)
     t, e, ra = survival_arrays(a)
     rb = b["risk"].to_numpy(float)
-    out["c_index"] = _paired(pf_a["c_index"], pf_b["c_index"], FOLD_MEAN_C_INDEX, [fold, t, e], ra, rb, n_boot, seed)
+    out["c_index"] = _paired(pf_a["c_index"], pf_b["c_index"], FOLD_MEAN_C_INDEX, [fold, t, e], ra, rb, n_boot, seed,
+                             ratio)
     pa, pb = prob_columns(a, categories), prob_columns(b, categories)
     if pa and pa == pb:
         m = (a["grade_index"] >= 0).to_numpy()
         if m.any() and a.loc[m, "grade_index"].nunique() >= 2:
             out["grade_auc_macro"] = _paired(pf_a["grade_auc_macro"], pf_b["grade_auc_macro"], FOLD_MEAN_AUC_MACRO,
                                              [fold[m], a.loc[m, "grade_index"].to_numpy(int)],
-                                             a.loc[m, pa].to_numpy(float), b.loc[m, pb].to_numpy(float), n_boot, seed)
+                                             a.loc[m, pa].to_numpy(float), b.loc[m, pb].to_numpy(float), n_boot, seed,
+                                             ratio)
     return out
 
 
-def _paired(fa, fb, metric, shared, pred_a, pred_b, n_boot, seed) -> dict:
+def _paired(fa, fb, metric, shared, pred_a, pred_b, n_boot, seed, ratio=None) -> dict:
     ok = [(x, y) for x, y in zip(fa, fb) if x is not None and y is not None]
-    k = len(fa)  # K-fold CV: a fold tests 1/K of the patients and trains on (about) the other (K-1)/K
-    folds = paired_fold_tests([x for x, _ in ok], [y for _, y in ok],
-                              test_train_ratio=1.0 / (k - 1) if k > 1 else None)
+    folds = paired_fold_tests([x for x, _ in ok], [y for _, y in ok], test_train_ratio=ratio)
     try:
         boot = paired_bootstrap(metric, shared, pred_a, pred_b, n_boot=max(1, n_boot), seed=seed)
     except ValueError as exc:
@@ -381,9 +389,11 @@ def evaluate_predictors(runs: Sequence[str | Path | dict], out: str | Path, *, s
         arms[name]["n_tested_in_arm"] = int(len(tests[name]))
         pfs[name] = arms[name]["per_fold"]
     comparisons = {}
+    ratio = test_train_ratio(loaded[0]["predictions"])  # n_test / n_train per fold, for the corrected t-test
     for a, b in COMPARISONS:
         if a in aligned and b in aligned:
-            comparisons[f"{a} vs {b}"] = compare(aligned[a], aligned[b], pfs[a], pfs[b], categories, n_boot, seed)
+            comparisons[f"{a} vs {b}"] = compare(aligned[a], aligned[b], pfs[a], pfs[b], categories, n_boot, seed,
+                                                 ratio)
     # several comparisons x metrics are tested at once: Holm-adjusted bootstrap p-values beside the raw ones
     cells = [d for c in comparisons.values() for d in c.values()]
     for d, adj in zip(cells, holm([d["p_bootstrap"] for d in cells])):

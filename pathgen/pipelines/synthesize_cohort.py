@@ -43,7 +43,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pathgen.pipelines import slide_batch as sb
 from pathgen.pipelines.distributed import Dist
+from pathgen.pipelines.embed import encoder_options
 from pathgen.utils.io import atomic_path, atomic_write_text
 
 LEDGER = "ledger"
@@ -130,7 +132,7 @@ def read_ledger(out: Path) -> dict[str, dict]:
 
 SETTINGS = "settings.json"
 _RESULT_SETTINGS = ("samples", "steps", "mode", "eta", "guidance_scale", "seed",
-                    "encoder", "encoder_weights", "target_mpp", "patch_size")
+                    "encoder", "encoder_weights", "model_kwargs", "mean", "std", "target_mpp", "patch_size")
 # --mpp / --mpp-csv are not run settings: they change only the slides they apply to, so they are kept
 # per slide in its ledger entry and checked per slide (mpp_conflicts): after a slide failed for want
 # of an MPP, passing --mpp as the error says must not be refused because other slides are done.
@@ -146,7 +148,7 @@ def run_settings(args: argparse.Namespace) -> dict:
     return {"checkpoint_sha256": file_sha256(args.model), **d}
 
 
-def check_settings(out: Path, settings: dict, led: dict[str, dict]) -> str | None:
+def check_settings(out: Path, settings: dict, led: dict[str, dict], legacy_mpp: dict | None = None) -> str | None:
     """``None`` when ``out`` may take results made with ``settings``, else the error message.
 
     Settings that differ from ``<out>/settings.json`` are refused only when a slide is done: with
@@ -160,7 +162,12 @@ def check_settings(out: Path, settings: dict, led: dict[str, dict]) -> str | Non
             old = json.loads(path.read_text())
         except ValueError:
             old = None
-        if isinstance(old, dict):  # keys an older pathgen recorded (mpp, mpp_csv) are checked per slide now
+        if isinstance(old, dict):
+            legacy = {k: old[k] for k in ("mpp", "mpp_csv") if k in old}
+            if legacy and done and legacy != legacy_mpp:  # an older pathgen checked these for the whole folder
+                return (f"{out} was made by an older pathgen with --mpp / --mpp-csv {legacy}, not {legacy_mpp}, and "
+                        "its ledger does not record which slides used them; fix: pass the earlier values, a new "
+                        f"--out, or delete {out} to start over")
             old = {k: v for k, v in old.items() if k in settings}
         if old != settings and done:
             diff = sorted(k for k in settings.keys() | (old or {}).keys()
@@ -185,16 +192,18 @@ def mpp_conflicts(led: dict[str, dict], kinds: dict[str, str], mpp_table: dict[s
     A done slide keeps its samples; merging them with samples of slides patched at another MPP
     would mix settings. ``--mpp-csv`` overrides the metadata, so any change of a done slide's row
     conflicts; ``--mpp`` applies only to slides without an MPP in their metadata, so it conflicts
-    only where an ``--mpp`` was given before (a slide done without one had its own MPP).
+    only for slides patched at it (``mpp_source`` in the ledger, from the patch status).
     """
     bad = []
     for sid, st in led.items():
-        if st.get("state") != "done" or kinds.get(sid) != "slide" or "mpp_override" not in st:
+        if st.get("state") != "done" or kinds.get(sid) != "slide":
+            continue
+        if "mpp_override" not in st:  # an older ledger: checked against settings.json (check_settings)
             continue
         if st["mpp_override"] != mpp_table.get(sid):
             bad.append(sid)
-        elif st["mpp_default"] is not None and st["mpp_default"] != default:
-            bad.append(sid)
+        elif st.get("mpp_source", "default") == "default" and st["mpp_default"] != default:
+            bad.append(sid)  # patched at the --mpp fallback (or not known to have had its own MPP)
     return sorted(bad)
 
 
@@ -276,7 +285,6 @@ class SlideReader:
 
     def _embed_slide(self, it: dict):
         from pathgen.data.bags import read_h5_bag
-        from pathgen.pipelines import slide_batch as sb
         from pathgen.pipelines.embed import embed_one, feature_paths
         from pathgen.pipelines.patch import MPPChoice, PatchOptions, run_patch_stage
 
@@ -284,7 +292,8 @@ class SlideReader:
         if self._encoder is None:
             from pathgen.features import get_encoder
 
-            self._encoder = get_encoder(a.encoder, weights=a.encoder_weights, device=a.embed_device)
+            self._encoder = get_encoder(a.encoder, weights=a.encoder_weights, device=a.embed_device,
+                                        **encoder_options(a))
         work = self.out / "work"
         slide = sb.Slide(it["slide_id"], Path(it["path"]))
         opts = PatchOptions(target_mpp=a.target_mpp, patch_size=a.patch_size)
@@ -384,8 +393,10 @@ def run_rank(args: argparse.Namespace, out: Path, rank: int, items: list[dict], 
             atomic_write_text(ledger_path(out, r["slide_id"]), json.dumps({
                 "slide_id": r["slide_id"], "state": "done", "rank": rank, "part": name,
                 "n_patches": r["n_patches"], "timings": r["timings"], "finished": time.time(),
-                # the MPP overrides this slide was patched under (checked per slide on resume)
-                "mpp_override": (mpp_table or {}).get(r["slide_id"]), "mpp_default": args.mpp}))
+                # the MPP this slide was patched under (checked per slide on resume, mpp_conflicts)
+                "mpp_override": (mpp_table or {}).get(r["slide_id"]), "mpp_default": args.mpp,
+                "mpp_source": ((sb.read_status(out / "work", "patch", r["slide_id"]) or {}).get("slide")
+                               or {}).get("mpp_source")}))
         acc["write_s"] += time.perf_counter() - t0
         pending = []
 
@@ -470,6 +481,7 @@ def merge(out: Path, order: list[str], genes: list[str], meta: dict) -> int:
         return 0
     S = np.stack([samples[s] for s in done])
     table = mean_table(done, [cases[s] for s in done], S, genes)
+    atomic_write_text(out / "synthesized.json", json.dumps({**meta, "slide_ids": done}, indent=1))
     with atomic_path(out / "synthesized.csv") as tmp:
         table.to_csv(tmp, index=False)
     with atomic_path(out / "synthesized.parquet") as tmp:
@@ -507,6 +519,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("slide inputs (slide_path rows)")
     g.add_argument("--encoder", default="resnet50-trunc")
     g.add_argument("--encoder-weights", default=None)
+    g.add_argument("--model-kwargs", default=None, metavar="JSON", help="timm:<model> only, as in pathgen embed")
+    g.add_argument("--mean", default=None, metavar="R,G,B", help="timm:<model> only, as in pathgen embed")
+    g.add_argument("--std", default=None, metavar="R,G,B", help="timm:<model> only, as in pathgen embed")
     g.add_argument("--embed-device", default="cpu")
     g.add_argument("--embed-batch-size", type=int, default=64)
     g.add_argument("--target-mpp", type=float, default=0.5)
@@ -533,7 +548,6 @@ def main(args: argparse.Namespace) -> int:
         dev = torch.device(args.device)
         if dev.type == "cuda" and dev.index is None:
             dev = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
-    from pathgen.pipelines import slide_batch as sb
     from pathgen.pipelines.patch import mpp_overrides
 
     try:
@@ -541,6 +555,13 @@ def main(args: argparse.Namespace) -> int:
         if args.target_mpp is None or not args.target_mpp > 0 or not np.isfinite(args.target_mpp):
             raise sb.UsageError(f"--target-mpp must be a positive number, got {args.target_mpp}")
         inputs = read_inputs(Path(args.manifest), args.features)
+        if (inputs["kind"] == "slide").any():  # a bad encoder is one usage error, not a failure per slide
+            from pathgen.features import get_encoder
+
+            try:
+                get_encoder(args.encoder, weights=args.encoder_weights, device="cpu", **encoder_options(args))
+            except (ValueError, ImportError) as exc:
+                raise sb.UsageError(f"--encoder {args.encoder}: {exc}") from exc
     except (sb.UsageError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         d.close()
@@ -556,7 +577,10 @@ def main(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         led = read_ledger(out)
         settings = run_settings(args)
-        error = check_settings(out, settings, led)
+        from pathgen.features.encoder import file_sha256
+
+        legacy_mpp = {"mpp": args.mpp, "mpp_csv": file_sha256(args.mpp_csv) if args.mpp_csv else None}
+        error = check_settings(out, settings, led, legacy_mpp)
         kinds = dict(zip(inputs["slide_id"], inputs["kind"]))
         clash = mpp_conflicts(led, kinds, mpp_table, args.mpp)
         if error is None and clash:
@@ -595,7 +619,10 @@ def main(args: argparse.Namespace) -> int:
     if d.rank == 0:
         meta = {"checkpoint": str(args.model), "samples": args.samples, "steps": args.steps, "mode": args.mode,
                 "eta": args.eta, "guidance_scale": args.guidance_scale, "seed": args.seed,
-                "families": fam.to_dict(), "versions": versions(), "world_size": d.world}
+                "families": fam.to_dict(), "versions": versions(), "world_size": d.world,
+                # who trained the generator, for `pathgen evaluate`'s held-out check (as `pathgen synthesize`)
+                "generator_train_case_ids": (sorted(set(ckpt["train_case_ids"]))
+                                             if ckpt.get("train_case_ids") is not None else None)}
         t0 = time.perf_counter()
         n_done = merge(out, order, genes, meta)
         merge_s = time.perf_counter() - t0

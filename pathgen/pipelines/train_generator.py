@@ -110,7 +110,9 @@ def validate(model: PathGenDenoiser, schedule: NoiseSchedule, loader: DataLoader
 
 def mean_gene_spearman(R: np.ndarray,  # [P, G] real
                        S: np.ndarray) -> float:  # [P, G] synthesized
-    """Mean over genes of Spearman's rho across patients (genes constant in either matrix skipped)."""
+    """Mean over genes of Spearman's rho across patients: genes constant in the real data are skipped,
+    genes the model synthesized as constants count as 0 (``per_gene_spearman``), so a collapsing
+    generator is not selected."""
     rho, _, constant = per_gene_spearman(R, S)
     return float(rho[~constant].mean()) if (~constant).any() else float("nan")
 
@@ -417,7 +419,8 @@ OPTION_HELP = {
                   "demo-size cohorts epsilon learns least (README)",
     "loss": "l1_mse: (L1 + MSE) / 2 per family (PathGen); mse",
     "cond_dropout": "probability of dropping the slide condition (for classifier-free guidance)",
-    "val_steps": "DDIM steps of the validation sampler (selection by mean per-gene Spearman on val)",
+    "val_steps": "DDIM steps of the validation sampler (checkpoint selected by the mean per-gene Spearman on "
+                 "val; genes synthesized as constants count 0)",
     "val_every": "epochs between validations",
     "patience": "validations without improvement before early stopping",
     "device": "auto (cuda if available), cpu, cuda, cuda:1",

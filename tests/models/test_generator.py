@@ -334,5 +334,5 @@ def test_evaluate_generator_refuses_a_fold_without_test_patients(trained, tmp_pa
     ck["fold"]["test"] = []
     torch.save(ck, tmp_path / "no_test.pt")
     rc = eg.main(argparse.Namespace(model=tmp_path / "no_test.pt", synthesized=tmp_path / "x.csv", out=tmp_path / "o"))
-    assert rc == 2 and "no test patients" in capsys.readouterr().err
+    assert rc == 1 and "no test patients" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

@@ -28,3 +28,20 @@ def test_overwrite_needs_a_demo_folder(tmp_path):
     (precious / "data.csv").write_text("x")
     assert main(["demo", "--out", str(precious), "--overwrite", "--quick"]) == 1
     assert (precious / "data.csv").exists()
+
+
+def test_overwrite_deletes_only_a_demo_run_and_only_with_valid_options(tmp_path):
+    """A model folder has a config.json too; and an invalid option must not have deleted anything."""
+    from pathgen.cli import main
+
+    hf = tmp_path / "hf_model"
+    hf.mkdir()
+    (hf / "config.json").write_text('{"architectures": ["ViTModel"]}')
+    assert main(["demo", "--out", str(hf), "--overwrite", "--quick"]) == 1
+    assert (hf / "config.json").exists()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"demo": dataclasses.asdict(DemoConfig.quick())}))
+    (run / "stage_times.json").write_text("{}")
+    assert main(["demo", "--out", str(run), "--overwrite", "--quick", "--cases", "3"]) == 1
+    assert (run / "stage_times.json").exists()  # too few cases: refused before deleting

@@ -128,7 +128,7 @@ def _fake_run(model, fold_of, seed):
 
 def test_runs_on_different_splits_are_not_paired(tmp_path):
     fold_a = np.arange(30) % 3
-    with pytest.raises(ValueError, match="different splits"):
+    with pytest.raises(ValueError, match="hold out different patients"):
         ev.evaluate_predictors([_fake_run("slide", fold_a, 0), _fake_run("multimodal", np.roll(fold_a, 1), 1)],
                                tmp_path, n_boot=10, progress=False)
     # same split, and one run without some patients (e.g. no expression): still paired
@@ -136,6 +136,36 @@ def test_runs_on_different_splits_are_not_paired(tmp_path):
     sub["predictions"] = sub["predictions"][sub["predictions"]["case_id"] != "c0"]
     res = ev.evaluate_predictors([_fake_run("slide", fold_a, 0), sub], tmp_path, n_boot=10, progress=False)
     assert res["n_common_patients"] == 29
+    # a run trained on two of the three folds, and one whose validation was carved differently: paired
+    two = _fake_run("multimodal", fold_a, 1)
+    p = two["predictions"]
+    two["predictions"] = p[p["fold"] < 2]
+    res = ev.evaluate_predictors([_fake_run("slide", fold_a, 0), two], tmp_path, n_boot=10, progress=False)
+    assert res["folds"] == [0, 1]
+    val = _fake_run("multimodal", fold_a, 1)
+    p = val["predictions"]
+    val["predictions"] = p.assign(part=np.where((p["part"] == "train") & (p["case_id"] == "c5"), "val", p["part"]))
+    ev.evaluate_predictors([_fake_run("slide", fold_a, 0), val], tmp_path, n_boot=10, progress=False)
+
+
+def test_corrected_t_uses_the_runs_test_to_train_ratio(tmp_path):
+    """Nadeau-Bengio's ratio is n_test / n_train of the folds, read from the predictions (not 1/(K-1):
+    validation and calibration parts make train smaller)."""
+    fold_a = np.arange(30) % 3
+    run = _fake_run("slide", fold_a, 0)
+    p = run["predictions"]
+    run["predictions"] = p.assign(part=np.where((p["part"] == "train") & (p["case_id"].isin(["c1", "c2"])), "val",
+                                                p["part"]))
+    assert ev.test_train_ratio(run["predictions"]) == pytest.approx(np.mean([10 / 18, 10 / 18, 10 / 18]), rel=0.2)
+    res = ev.evaluate_predictors([run, _fake_run("multimodal", fold_a, 1)], tmp_path, n_boot=10, progress=False)
+    d = res["comparisons"]["slide+real vs slide-only"]["c_index"]
+    a = res["arms"]["slide+real"]["per_fold"]["c_index"]
+    b = res["arms"]["slide-only"]["per_fold"]["c_index"]
+    diff = np.array(a) - np.array(b)
+    r = ev.test_train_ratio(run["predictions"])
+    t = diff.mean() / np.sqrt((1 / 3 + r) * diff.var(ddof=1))
+    assert d["fold_tests"]["ttest_corrected"]["statistic"] == pytest.approx(t)
+    assert d["p_bootstrap_holm"] >= d["p_bootstrap"]
 
 
 @pytest.mark.slow

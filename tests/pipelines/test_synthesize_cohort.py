@@ -14,6 +14,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from pathgen.cli import main as cli_main
 from pathgen.pipelines.synthesize_cohort import read_ledger, shard_lpt, stable_seed
@@ -188,15 +189,16 @@ def test_a_failed_first_run_does_not_lock_the_folder(setup, tmp_path, capsys):
 def test_mpp_overrides_are_checked_per_done_slide():
     from pathgen.pipelines.synthesize_cohort import mpp_conflicts
 
-    led = {"a": {"state": "done", "mpp_override": None, "mpp_default": None},  # had its own MPP
-           "b": {"state": "done", "mpp_override": 0.25, "mpp_default": None},  # from --mpp-csv
-           "c": {"state": "done", "mpp_override": None, "mpp_default": 0.5},  # maybe patched at --mpp 0.5
+    led = {"a": {"state": "done", "mpp_override": None, "mpp_default": None, "mpp_source": "metadata"},
+           "b": {"state": "done", "mpp_override": 0.25, "mpp_default": None, "mpp_source": "override"},
+           "c": {"state": "done", "mpp_override": None, "mpp_default": 0.5, "mpp_source": "default"},
+           "f": {"state": "done", "mpp_override": None, "mpp_default": 0.5, "mpp_source": "metadata"},
            "d": {"state": "failed", "reason": "no MPP"},
            "e": {"state": "done"}}  # a feature bag: MPP plays no part
-    kinds = {"a": "slide", "b": "slide", "c": "slide", "d": "slide", "e": "bag"}
-    # the failed slide's fix (--mpp for slides without one) leaves done slide a alone
+    kinds = {"a": "slide", "b": "slide", "c": "slide", "d": "slide", "e": "bag", "f": "slide"}
+    # the failed slide's fix (--mpp for slides without one) leaves slides with their own MPP alone
     assert mpp_conflicts(led, kinds, {"b": 0.25}, 0.5) == []
-    assert mpp_conflicts(led, kinds, {"b": 0.25}, 0.4) == ["c"]  # c may have used --mpp 0.5
+    assert mpp_conflicts(led, kinds, {"b": 0.25}, 0.4) == ["c"]  # c was patched at --mpp 0.5; f had its own
     assert mpp_conflicts(led, kinds, {"b": 0.3}, 0.5) == ["b"]
     assert mpp_conflicts(led, kinds, {"a": 0.3, "b": 0.25}, 0.5) == ["a"]  # a CSV row overrides the metadata
 
@@ -214,6 +216,9 @@ def test_slide_ids_with_extension_and_duplicates(setup, tmp_path, capsys):
                      "--out", str(out), *COMMON]) == 0
     pd.testing.assert_frame_equal(pd.read_csv(ref / "synthesized.csv"), pd.read_csv(out / "synthesized.csv"),
                                   check_exact=True)
+    # the provenance sidecar `pathgen evaluate` reads: who trained the generator
+    side = json.loads((out / "synthesized.json").read_text())
+    assert side["generator_train_case_ids"] == sorted(set(torch.load(ckpt, weights_only=False)["train_case_ids"]))
     pd.concat([m, m.iloc[:1]]).to_csv(man, index=False)
     assert cli_main(["synthesize-cohort", str(man), "--features", str(paths["features"]), "--model", str(ckpt),
                      "--out", str(tmp_path / "dup"), *COMMON]) == 1
@@ -234,3 +239,19 @@ def test_unmatched_mpp_ids_one_per_row_and_dotted_ids_match():
 
     t = table(["a.svs", "TCGA-XX-DX1.AB12-CD", "zz.svs", "q"])
     assert unmatched_mpp_ids(t, ["a", "TCGA-XX-DX1.AB12-CD", "b"]) == ["q", "zz.svs"]
+
+
+def test_slide_inputs_check_the_encoder_once_up_front(setup, tmp_path, capsys):
+    """A slide_path row needs an encoder; a bad one is one usage error, not a failure per slide."""
+    root, paths, ckpt, ref = setup
+    man = tmp_path / "slides.csv"
+    man.write_text("slide_id,slide_path\ns1,/nonexistent/s1.svs\ns2,/nonexistent/s2.svs\n")
+    out = tmp_path / "o"
+    assert cli_main(["synthesize-cohort", str(man), "--model", str(ckpt), "--out", str(out),
+                     "--encoder", "resnet50-trunc", *COMMON]) == 1
+    err = capsys.readouterr().err
+    assert "--encoder resnet50-trunc" in err and "--weights" in err
+    assert not (out / "ledger").exists() or not any((out / "ledger").iterdir())
+    assert cli_main(["synthesize-cohort", str(man), "--model", str(ckpt), "--out", str(out),
+                     "--encoder", "stain-stats", "--model-kwargs", "{bad json", *COMMON]) == 1
+    assert "--model-kwargs" in capsys.readouterr().err
