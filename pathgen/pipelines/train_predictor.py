@@ -332,6 +332,8 @@ def train_fold(cohort: Cohort, fold: Fold, opts: PredictorOptions, out: Path, *,
     input_mode = "real" if uses_expr else "none"
     frames = []
     for name, ds in datasets.items():
+        if name == "train":  # scored like the other parts (all patches up to eval_max_patches, fixed
+            ds = dataset(parts["train"], False)  # selection), not with training's random draw of max_patches
         res = run_model(model, cfg, make_loader(ds, opts.batch_size, False, opts.seed), device)
         frames.append(prediction_frame(res, fold.k, name, input_mode, categories, labels))
     preds = pd.concat(frames, ignore_index=True)

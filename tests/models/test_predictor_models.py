@@ -2,6 +2,7 @@
 does not change a patient's prediction, the weighted objective, checkpoints."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -147,6 +148,21 @@ def test_loss_weights_and_missing_labels():
     out.grade_logits.retain_grad()
     loss.backward()
     assert torch.equal(out.grade_logits.grad[1], torch.zeros(3)) and out.grade_logits.grad[0].abs().sum() > 0
+
+
+def test_a_batch_without_grades_still_reaches_every_parameter():
+    """Under DDP every parameter must take part in every step: a batch with no graded patient adds a
+    zero grade term that still reaches the grade head (its gradient is zero, not missing)."""
+    cfg = config("expression", n_grades=3, survival_weight=0.3, alpha=0.2)
+    torch.manual_seed(0)
+    model = build_predictor(cfg)
+    out = model(**packed([1, 1]))
+    loss, parts = predictor_loss(out, torch.tensor([0, 2]), torch.tensor([0.0, 1.0]), torch.tensor([-1, -1]), cfg)
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == [] and np.isnan(parts["grade"])
+    torch.testing.assert_close(loss, 0.3 * survival_nll(out.survival_logits, torch.tensor([0, 2]),
+                                                        torch.tensor([0.0, 1.0]), alpha=0.2))
 
 
 def test_loss_without_grade_head_is_the_nll():

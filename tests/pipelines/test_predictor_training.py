@@ -142,6 +142,20 @@ def test_several_slides_per_case_give_one_patient_prediction(tmp_path):
     assert float(o.risk[0]) == pytest.approx(row["risk"], rel=1e-5, abs=1e-6)
 
 
+def test_training_patients_are_scored_like_test_patients(tiny, tmp_path):
+    """predictions.csv's train rows (they set each fold's KM risk threshold) use the evaluation patch
+    selection, not training's random draw of max_patches."""
+    cohort = cohort_of(tiny, n_folds=3)
+    out = tmp_path / "run"
+    opts = tp.PredictorOptions(model="slide", **dict(FAST, epochs=1), max_patches=4, eval_max_patches=None)
+    tp.train_predictor_cv(cohort, opts, out, folds=[0], progress=False)
+    pred = pd.read_csv(out / "predictions.csv")
+    train = pred[pred["part"] == "train"]
+    full = {c: sum(h5py.File(p, "r")["features"].shape[0] for p in cohort.features[c]) for c in train["case_id"]}
+    assert (train["n_patches"].to_numpy() == train["case_id"].map(full).to_numpy()).all()
+    assert max(full.values()) > 4  # the training cap would have shown
+
+
 def test_mcat_split_folder_holds_out_val(tiny, tmp_path):
     """MCAT's ``val`` column is the reported fold: it becomes ``test`` when the cohort is loaded (so the
     generator's checkpoint selection cannot see it either) and validation is carved from ``train``."""

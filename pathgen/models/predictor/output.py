@@ -75,7 +75,10 @@ def predictor_loss(
     if out.grade_logits is None or not config.has_grade:
         return l_s, parts
     has_g = grade >= 0
-    l_g = grade_loss(out.grade_logits[has_g], grade[has_g], kind=config.grade_loss) if bool(has_g.any()) else zero
+    # an empty term still touches its head's outputs: under DDP every parameter must take part in
+    # every step, or a rank whose batch has no graded patient stalls the gradient reduction
+    l_g = grade_loss(out.grade_logits[has_g], grade[has_g], kind=config.grade_loss) if bool(has_g.any()) \
+        else out.grade_logits.sum() * 0.0
     if bool(has_g.any()):
         parts["grade"] = float(l_g.detach())
     w = config.survival_weight
