@@ -65,8 +65,13 @@ def load_cohort(args: argparse.Namespace, *, families: GeneFamilies | None = Non
     expr_src = args.expression or args.manifest
     expression = read_expression(expr_src)
     if families is None:
-        families, _ = load_gene_families(expression.columns, getattr(args, "signatures", None))
-    feats = manifest.features_paths(getattr(args, "features", None))
+        families, _ = load_gene_families(expression.columns, getattr(args, "signatures", None),
+                                         source=str(expr_src))
+    features_dir = getattr(args, "features", None)
+    if features_dir is not None and not Path(features_dir).is_dir():
+        raise FileNotFoundError(f"--features {features_dir}: no such folder; fix: pass the folder of <slide_id>.h5 "
+                                "files (pathgen embed's <out>/features)")
+    feats = manifest.features_paths(features_dir)
     # patients with slides but no expression (or the reverse) are listed in a warning, never dropped
     # silently; with none in common the two files cannot be the same cohort's
     with warnings.catch_warnings():

@@ -348,8 +348,13 @@ def _conformal_arm(cal: pd.DataFrame, test: pd.DataFrame, mode: str, alpha: floa
             covered = np.asarray(pred.covered, dtype=float)
             per_class = {str(c): {"n": int((truth == c).sum()), "coverage": float(np.nanmean(covered[truth == c]))}
                          for c in sorted(set(truth.tolist())) if np.isfinite(covered[truth == c]).any()}
+            # calibration scores are pooled over folds (each from its own fold's model), so exchangeability with
+            # one fold's test scores is approximate: per-fold coverage shows whether it held
+            folds = test["fold"].to_numpy()[test_g] if "fold" in test.columns else None
+            per_fold = ({str(k): float(np.mean(covered[folds == k])) for k in sorted(set(folds.tolist()))}
+                        if folds is not None else None)
             res[f"grade_{score}"] = {"coverage": d["coverage"], "mean_set_size": d["mean_set_size"],
-                                     "per_class": per_class, "qhat": calib.to_dict()["quantiles"]}
+                                     "per_class": per_class, "per_fold": per_fold, "qhat": calib.to_dict()["quantiles"]}
             for col, vals in ((f"covered_{score}", covered), (f"set_size_{score}", pred.set_size)):
                 prow[col] = np.nan  # ungraded patients have no set
                 prow.loc[test_g, col] = np.asarray(vals, dtype=float)

@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import zipfile
 import time
 from pathlib import Path
 
@@ -101,7 +102,9 @@ def features_intact(st: dict) -> bool:
     from pathgen.features.h5io import h5_is_readable
 
     outs = st.get("outputs") or []
-    return bool(outs) and h5_is_readable(outs[0], ("features", "coords")) and all(Path(o).is_file() for o in outs)
+    # a .pt (torch.save's zip format) that was cut short has lost its central directory at the end
+    return bool(outs) and h5_is_readable(outs[0], ("features", "coords")) and all(Path(o).is_file() for o in outs) \
+        and all(zipfile.is_zipfile(o) for o in outs[1:] if str(o).endswith(".pt"))
 
 
 def encoder_options(args: argparse.Namespace) -> dict:

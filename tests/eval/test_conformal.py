@@ -250,7 +250,11 @@ def test_demo_conformal_arm_leaves_ungraded_patients_out():
     cal, test = frame(120), frame(60)
     cal.loc[:4, "grade_index"] = -1
     test.loc[:9, "grade_index"] = -1
+    test["fold"] = np.arange(60) % 3
     res, rows = _conformal_arm(cal, test, "real", 0.1)
+    cov = rows["covered_lac"].to_numpy()
+    assert res["grade_lac"]["per_fold"] == {str(k): pytest.approx(np.nanmean(cov[np.arange(60) % 3 == k]))
+                                            for k in range(3)}
     assert res["n_test_graded"] == 50 and res["n_calibration_graded"] == 115
     lac = res["grade_lac"]
     assert set(lac["per_class"]) <= {"0", "1", "2"} and sum(v["n"] for v in lac["per_class"].values()) == 50

@@ -188,6 +188,14 @@ def test_cohort_refuses_missing_splits_and_disjoint_ids(tiny, tmp_path):
     patient are listed, and with none in common loading stops, naming both files."""
     with pytest.raises(FileNotFoundError, match=r"--splits .*typo.*no such file.*fix"):
         cohort_of(tiny, splits=tmp_path / "typo" / "splits.json")
+    # a mistyped --features is named as such (it read as "N patients have no feature files")
+    with pytest.raises(FileNotFoundError, match=r"--features .*typo_feats: no such folder"):
+        cohort_of(tiny, features=tmp_path / "typo_feats")
+    # a table whose genes match no family names the table
+    wrong = tmp_path / "wrong_genes.csv"
+    pd.DataFrame({"case_id": ["A"], "FOO_rnaseq": [1.0]}).to_csv(wrong, index=False)
+    with pytest.raises(ValueError, match=r"wrong_genes\.csv"):
+        cohort_of(tiny, expression=wrong)
     expr = pd.read_csv(tiny["expression"]).set_index("case_id")
     suffixed = expr.set_axis([f"{c}-01" if i % 3 == 0 else c for i, c in enumerate(expr.index)])
     part = tmp_path / "expr_part.csv"

@@ -95,6 +95,21 @@ def test_patch_then_embed_writes_clam_readable_bags(embedded):
     assert not temp_files(out)
 
 
+def test_a_truncated_pt_file_is_redone(embedded, good_dir, tmp_path):
+    """A .pt cut short outside pathgen (an interrupted copy, a full disk) must not count as done."""
+    import shutil
+
+    src, _, _ = embedded
+    out = tmp_path / "copy"
+    shutil.copytree(src, out)
+    pt = out / "pt_files" / "gen-40x.pt"
+    pt.write_bytes(pt.read_bytes()[: pt.stat().st_size // 2])
+    assert run("embed", good_dir, "--out", out, "--encoder", "stain-stats", "--batch-size", "16", "--save-pt") == 0
+    s = summary(out, "embed")
+    assert s["slides"]["gen-40x"]["state"] == "done" and s["skipped"] == 1
+    torch.load(pt)  # whole again
+
+
 def test_generated_40x_slide_is_patched_at_20x(embedded):
     out, _, _ = embedded
     with h5py.File(out / "features" / "gen-40x.h5", "r") as f:
