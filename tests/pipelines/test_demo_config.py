@@ -20,16 +20,6 @@ def test_demo_refuses_another_configuration_in_its_folder(tmp_path):
         check_same_config(tmp_path / "small", dataclasses.replace(quick, cases=3))
 
 
-def test_overwrite_needs_a_demo_folder(tmp_path):
-    from pathgen.cli import main
-
-    precious = tmp_path / "precious"
-    precious.mkdir()
-    (precious / "data.csv").write_text("x")
-    assert main(["demo", "--out", str(precious), "--overwrite", "--quick"]) == 1
-    assert (precious / "data.csv").exists()
-
-
 def test_overwrite_deletes_only_a_demo_run_and_only_with_valid_options(tmp_path):
     """A model folder has a config.json too; and an invalid option must not have deleted anything."""
     from pathgen.cli import main
@@ -37,8 +27,12 @@ def test_overwrite_deletes_only_a_demo_run_and_only_with_valid_options(tmp_path)
     hf = tmp_path / "hf_model"
     hf.mkdir()
     (hf / "config.json").write_text('{"architectures": ["ViTModel"]}')
-    assert main(["demo", "--out", str(hf), "--overwrite", "--quick"]) == 1
-    assert (hf / "config.json").exists()
+    precious = tmp_path / "precious"  # no config.json at all
+    precious.mkdir()
+    (precious / "data.csv").write_text("x")
+    for folder, kept in ((hf, "config.json"), (precious, "data.csv")):
+        assert main(["demo", "--out", str(folder), "--overwrite", "--quick"]) == 1
+        assert (folder / kept).exists()
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"demo": dataclasses.asdict(DemoConfig.quick())}))
