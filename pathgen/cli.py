@@ -10,6 +10,8 @@ import importlib
 import os
 import sys
 
+from pathgen.pipelines.slide_batch import EXIT_USAGE, exit_1_on_usage_error
+
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("pathgen.info", "versions, compiled kernels (CPU/CUDA), threads, GPU and slide backends"),
     "demo": ("pathgen.pipelines.demo", "the main job: run the demo end to end"),
@@ -33,7 +35,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The full parser. Only ``command``'s module is imported (all of them when None), so
     ``pathgen patch`` does not pay for importing the models, and ``pathgen --help`` is instant."""
     parser = argparse.ArgumentParser(prog="pathgen", description=__doc__.splitlines()[0])
-    _usage_errors_exit_1(parser)  # an unknown command or flag is a usage error too
+    exit_1_on_usage_error(parser)  # an unknown command or flag is a usage error too
     from pathgen import __version__
 
     parser.add_argument("--version", action="version", version=f"pathgen {__version__}")
@@ -45,20 +47,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         mod = importlib.import_module(module)
         mod.add_arguments(p)
         p.set_defaults(_main=mod.main)
-        _usage_errors_exit_1(p)
+        exit_1_on_usage_error(p)
     return parser
 
 
 # Exit codes, one convention for every subcommand (pathgen bench keeps pytest-benchmark's: 1 a
 # regression, 2 an error): 0 done; 1 bad usage or input (nothing, or not everything, could start);
-# 2 a batch ran but some items (slides, patients, folds) failed.
-EXIT_USAGE = 1
-
-
-def _usage_errors_exit_1(p: argparse.ArgumentParser) -> None:
-    from pathgen.pipelines.slide_batch import exit_1_on_usage_error
-
-    exit_1_on_usage_error(p)
+# 2 a batch ran but some items (slides, patients, folds) failed. slide_batch defines them.
 
 
 # Errors a job raises for bad input (a file that is missing or unreadable, a table without the

@@ -101,12 +101,16 @@ def is_demo_run(run: Path) -> bool:
     return isinstance(cfg, dict) and isinstance(cfg.get("demo"), dict) and (run / "stage_times.json").is_file()
 
 
-def check_same_config(run: Path, cfg: DemoConfig) -> None:
-    """A demo folder resumes only under the configuration that made it: its finished stages would
-    otherwise be reused under another one (a --quick run's 24 cases reported as 60)."""
+def check_options(cfg: DemoConfig) -> None:
     if cfg.cases < MIN_CASES_PER_FOLD * cfg.n_folds:
         raise ValueError(f"--cases {cfg.cases} is too few for {cfg.n_folds} folds; use at least "
                          f"{MIN_CASES_PER_FOLD * cfg.n_folds}")
+
+
+def check_same_config(run: Path, cfg: DemoConfig) -> None:
+    """Valid options, and a demo folder resumes only under the configuration that made it: its
+    finished stages would otherwise be reused under another one (a --quick run's 24 cases reported as 60)."""
+    check_options(cfg)
     path = run / "config.json"
     if not path.exists():
         return
@@ -492,9 +496,9 @@ def main(args: argparse.Namespace) -> int:
         if not is_demo_run(out):
             raise ValueError(f"{out} is not a pathgen demo run folder (no config.json with a 'demo' entry and "
                              "stage_times.json): not deleting it; fix: pass a new --out")
-        check_same_config(out / "does-not-exist", cfg)  # the options are valid before anything is deleted
+        check_options(cfg)  # the options are valid before anything is deleted
         shutil.rmtree(out)
-    check_same_config(out, cfg)  # before the long environment report
+    check_same_config(out, cfg)  # before the long environment report (run_demo checks again, for API callers)
     print(info_mod.format_report(info_mod.collect()), "\n")
     head = run_demo(args.out, cfg, device=args.device)
     print(json.dumps(head, indent=2, default=_json_default)[:4000])

@@ -26,7 +26,7 @@ from pathgen.data.bags import PatientBags
 from pathgen.data.expression import to_mcat_columns
 from pathgen.diffusion import NoiseSchedule
 from pathgen.models.generator import sample
-from pathgen.models.generator.checkpoint import load_checkpoint, model_from_checkpoint, versions
+from pathgen.models.generator.checkpoint import load_checkpoint, model_from_checkpoint, train_case_ids, versions
 from pathgen.pipelines.cohort import Cohort, add_cohort_arguments, load_cohort
 from pathgen.pipelines.train_generator import make_loader, resolve_device
 from pathgen.utils.io import atomic_path, atomic_write_text
@@ -111,8 +111,7 @@ def synthesize(ckpt_path: Path | Sequence[Path], cohort: Cohort, case_ids: list[
             "fold_k": ckpt.get("fold_k"),
             # who trained the generator: `pathgen evaluate` refuses to test a predictor on these patients'
             # synthesized expression (it would not be held out); None = not recorded in the checkpoint
-            "generator_train_case_ids": (sorted(set(ckpt["train_case_ids"]))
-                                         if ckpt.get("train_case_ids") is not None else None),
+            "generator_train_case_ids": train_case_ids(ckpt),
             "case_ids": list(ids)}
     out.mkdir(parents=True, exist_ok=True)
     table = to_mcat_columns(mean)

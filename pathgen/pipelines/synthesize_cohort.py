@@ -46,6 +46,7 @@ import pandas as pd
 from pathgen.pipelines import slide_batch as sb
 from pathgen.pipelines.distributed import Dist
 from pathgen.pipelines.embed import encoder_options
+from pathgen.pipelines.synthesize import PROVENANCE_NAME
 from pathgen.utils.io import atomic_path, atomic_write_text
 
 LEDGER = "ledger"
@@ -267,11 +268,11 @@ class SlideReader:
     """Reads bags (or patches + embeds slide files) in a thread, ``prefetch`` items ahead."""
 
     def __init__(self, items: list[dict], args: argparse.Namespace, out: Path, prefetch: int,
-                 mpp_table: dict[str, float] | None = None):
+                 mpp_table: dict[str, float] | None = None, encoder=None):
         self.items, self.args, self.out = items, args, out
         self.mpp_table = mpp_table or {}  # slide_id -> level-0 µm/px (--mpp-csv)
         self.q: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
-        self._encoder = None
+        self._encoder = encoder  # built (and checked) once by main when there are slide inputs
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
@@ -289,11 +290,6 @@ class SlideReader:
         from pathgen.pipelines.patch import MPPChoice, PatchOptions, run_patch_stage
 
         a = self.args
-        if self._encoder is None:
-            from pathgen.features import get_encoder
-
-            self._encoder = get_encoder(a.encoder, weights=a.encoder_weights, device=a.embed_device,
-                                        **encoder_options(a))
         work = self.out / "work"
         slide = sb.Slide(it["slide_id"], Path(it["path"]))
         opts = PatchOptions(target_mpp=a.target_mpp, patch_size=a.patch_size)
@@ -366,7 +362,7 @@ def write_part(out: Path, rank: int, n: int, rows: list[dict], genes: list[str])
 
 
 def run_rank(args: argparse.Namespace, out: Path, rank: int, items: list[dict], model, transform, genes: list[str],
-             dev, mpp_table: dict[str, float] | None = None) -> dict:
+             dev, mpp_table: dict[str, float] | None = None, encoder=None) -> dict:
     import torch
     from tqdm.auto import tqdm
 
@@ -434,7 +430,7 @@ def run_rank(args: argparse.Namespace, out: Path, rank: int, items: list[dict], 
         if crash_after and processed >= crash_after:
             os._exit(17)  # simulated crash: no flush, no cleanup
 
-    reader = SlideReader(items, args, out, args.prefetch, mpp_table)
+    reader = SlideReader(items, args, out, args.prefetch, mpp_table, encoder)
     t_wait = time.perf_counter()
     for it, feats, err, read_s in reader:
         acc["read_s"] += read_s
@@ -481,7 +477,7 @@ def merge(out: Path, order: list[str], genes: list[str], meta: dict) -> int:
         return 0
     S = np.stack([samples[s] for s in done])
     table = mean_table(done, [cases[s] for s in done], S, genes)
-    atomic_write_text(out / "synthesized.json", json.dumps({**meta, "slide_ids": done}, indent=1))
+    atomic_write_text(out / PROVENANCE_NAME, json.dumps({**meta, "slide_ids": done}, indent=1))
     with atomic_path(out / "synthesized.csv") as tmp:
         table.to_csv(tmp, index=False)
     with atomic_path(out / "synthesized.parquet") as tmp:
@@ -535,7 +531,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import torch
 
-    from pathgen.models.generator.checkpoint import load_checkpoint, model_from_checkpoint, versions
+    from pathgen.models.generator.checkpoint import load_checkpoint, model_from_checkpoint, train_case_ids, versions
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -555,11 +551,13 @@ def main(args: argparse.Namespace) -> int:
         if args.target_mpp is None or not args.target_mpp > 0 or not np.isfinite(args.target_mpp):
             raise sb.UsageError(f"--target-mpp must be a positive number, got {args.target_mpp}")
         inputs = read_inputs(Path(args.manifest), args.features)
+        encoder = None
         if (inputs["kind"] == "slide").any():  # a bad encoder is one usage error, not a failure per slide
             from pathgen.features import get_encoder
 
             try:
-                get_encoder(args.encoder, weights=args.encoder_weights, device="cpu", **encoder_options(args))
+                encoder = get_encoder(args.encoder, weights=args.encoder_weights, device=args.embed_device,
+                                      **encoder_options(args))
             except (ValueError, ImportError) as exc:
                 raise sb.UsageError(f"--encoder {args.encoder}: {exc}") from exc
     except (sb.UsageError, ValueError, OSError) as exc:
@@ -611,7 +609,7 @@ def main(args: argparse.Namespace) -> int:
     if d.rank == 0:  # inputs and checkpoint read: these settings now describe this folder
         record_settings(out, settings)
     d.barrier()
-    stats = run_rank(args, out, d.rank, items, model, transform, genes, dev, mpp_table)
+    stats = run_rank(args, out, d.rank, items, model, transform, genes, dev, mpp_table, encoder)
     stats["planned_patches"] = int(sum(plan["costs"][s] for s in mine))
     all_stats = d.gather(stats)
     d.barrier()
@@ -621,8 +619,7 @@ def main(args: argparse.Namespace) -> int:
                 "eta": args.eta, "guidance_scale": args.guidance_scale, "seed": args.seed,
                 "families": fam.to_dict(), "versions": versions(), "world_size": d.world,
                 # who trained the generator, for `pathgen evaluate`'s held-out check (as `pathgen synthesize`)
-                "generator_train_case_ids": (sorted(set(ckpt["train_case_ids"]))
-                                             if ckpt.get("train_case_ids") is not None else None)}
+                "generator_train_case_ids": train_case_ids(ckpt)}
         t0 = time.perf_counter()
         n_done = merge(out, order, genes, meta)
         merge_s = time.perf_counter() - t0

@@ -58,6 +58,13 @@ def save_checkpoint(path: Path, *, model_state: dict, config: GeneratorConfig, f
         torch.save(payload, tmp)
 
 
+def train_case_ids(ckpt: dict) -> list[str] | None:
+    """The patients whose real expression trained this generator (sorted), or None if not recorded:
+    written beside synthesized tables so ``pathgen evaluate`` can check they are held out."""
+    ids = ckpt.get("train_case_ids")
+    return sorted(set(ids)) if ids is not None else None
+
+
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     """Read a generator checkpoint (``generator.pt`` or ``last.pt``) and check it.
 
